@@ -1,0 +1,65 @@
+"""Command line: ``python -m ddpm_helpers {train,sample,evaluate} --help``.
+
+Each sub-command is a thin wrapper: the work is done by the module named in its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a DDPM (ddpm_helpers.training)",
+        description="Train a DDPM and write checkpoints and config.json to --out.",
+    )
+    train.add_argument("--profile", default=None,
+                       help="smoke, default or seed (default: $DDPM_PROFILE, else 'default')")
+    train.add_argument("--data", default=None,
+                       help="digits, mnist, fashion_mnist, cifar10 or folder:PATH (default: the profile's)")
+    train.add_argument("--out", required=True, help="run folder for checkpoints and config.json")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+    sample = commands.add_parser(
+        "sample", help="draw samples from a trained run (ddpm_helpers.sampling)",
+        description="Sample images from a run folder written by 'train' and save them as .npz.",
+    )
+    sample.add_argument("--run", required=True, help="run folder written by 'train'")
+    sample.add_argument("--n", type=int, default=1000, help="number of images")
+    sample.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    sample.add_argument("--steps", type=int, default=None, help="DDIM steps (default: all T)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (0: deterministic)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", required=True, help=".npz file: images uint8 NxHxWxC (+ labels)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score samples with the book's offline metric (ddpm_helpers.metrics)",
+        description="Print the Frechet distance of samples to real data, the real floor and the ratio.",
+    )
+    evaluate.add_argument("--samples", required=True, help=".npz written by 'sample'")
+    evaluate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from ddpm_helpers.training import train_from_cli
+
+        return train_from_cli(args)
+    if args.command == "sample":
+        from ddpm_helpers.sampling import sample_from_cli
+
+        return sample_from_cli(args)
+    from ddpm_helpers.metrics import evaluate_from_cli
+
+    return evaluate_from_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Maintenance of the book's pages: Colab install cells and the MyST <-> .ipynb pairs.
+
+Each chapter ``book/NN_name.md`` (MyST, read by Sphinx) has a paired ``book/NN_name.ipynb``
+(no outputs) that the launch button opens in Google Colab. The first code cell of every
+chapter installs this package when, and only when, it runs in Colab; its URL is generated
+from ``repository.url`` in ``_config.yml``, the one place that holds it.
+
+    python -m ddpm_helpers.booktools sync    # rewrite install cells, regenerate every .ipynb
+    python -m ddpm_helpers.booktools check   # fail if anything drifted (run by make test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+COLAB_MARKER = "# Colab only: install the book's helper package"
+
+
+def repository(root: Path) -> tuple[str, str]:
+    """Return ``(url, branch)`` from the ``repository`` section of ``_config.yml``."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    repo = config.get("repository") or {}
+    if not repo.get("url"):
+        raise ValueError(f"{root / '_config.yml'} has no repository.url: add the public URL there.")
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
+def colab_cell_source(url: str, branch: str) -> str:
+    """Source of the first code cell of every chapter."""
+    requirement = f"ddpm_helpers @ git+{url}@{branch}"
+    return "\n".join(
+        [
+            f"{COLAB_MARKER} (generated from _config.yml).",
+            "import subprocess",
+            "import sys",
+            "",
+            'if "google.colab" in sys.modules:',
+            f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{requirement}"], check=True)',
+        ]
+    )
+
+
+def chapters(root: Path) -> list[Path]:
+    """Every jupytext page under ``book/`` (MyST files whose header names jupytext)."""
+    pages = []
+    for md in sorted((root / "book").glob("*.md")):
+        if "jupytext:" in md.read_text().split("\n---", 1)[0]:
+            pages.append(md)
+    return pages
+
+
+def _signature(notebook) -> list[tuple[str, str, tuple]]:
+    """What must agree between the two files: cell kinds, sources and tags."""
+    return [
+        (cell.cell_type, cell.source.strip(), tuple(cell.get("metadata", {}).get("tags", ())))
+        for cell in notebook.cells
+    ]
+
+
+def _colab_cell(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.startswith(COLAB_MARKER)
+
+
+def sync(root: Path) -> list[Path]:
+    """Rewrite each chapter's Colab cell from ``_config.yml`` and regenerate its ``.ipynb``."""
+    import jupytext
+    import nbformat
+
+    url, branch = repository(root)
+    source = colab_cell_source(url, branch)
+    written = []
+    for md in chapters(root):
+        notebook = jupytext.read(md)
+        cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["remove-cell"]})
+        if notebook.cells and _colab_cell(notebook.cells[0]):
+            notebook.cells[0] = cell
+        else:
+            notebook.cells.insert(0, cell)
+        jupytext.write(notebook, md, fmt="md:myst")
+        for c in notebook.cells:
+            if c.cell_type == "code":
+                c.outputs, c.execution_count = [], None
+        jupytext.write(notebook, md.with_suffix(".ipynb"), fmt="ipynb")
+        written.append(md)
+    return written
+
+
+def check(root: Path) -> list[str]:
+    """Every way the pages have drifted from their pairs or from ``_config.yml``."""
+    import jupytext
+    import nbformat
+
+    url, branch = repository(root)
+    expected = colab_cell_source(url, branch)
+    problems = []
+    for md in chapters(root):
+        ipynb = md.with_suffix(".ipynb")
+        name = md.relative_to(root)
+        text = jupytext.read(md)
+        if not text.cells or not _colab_cell(text.cells[0]) or text.cells[0].source.strip() != expected:
+            problems.append(f"{name}: first cell is not the Colab install cell for {url}@{branch}")
+        if not ipynb.exists():
+            problems.append(f"{name}: no paired {ipynb.name}")
+            continue
+        paired = nbformat.read(ipynb, as_version=4)
+        if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
+            problems.append(f"{ipynb.relative_to(root)}: has stored outputs (commit it without)")
+        if _signature(text) != _signature(paired):
+            problems.append(f"{name} and {ipynb.name} differ: edit the .md, then run sync")
+    for ipynb in sorted((root / "book").glob("*.ipynb")):
+        if not ipynb.with_suffix(".md").exists():
+            problems.append(f"{ipynb.relative_to(root)}: no paired .md")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.booktools", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["sync", "check"])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        for md in sync(args.root):
+            print(f"synced {md.relative_to(args.root)} -> {md.with_suffix('.ipynb').name}")
+        return 0
+    problems = check(args.root)
+    for problem in problems:
+        print(f"DRIFT: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{len(chapters(args.root))} chapters in sync with their notebooks and _config.yml")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
