@@ -1,0 +1,59 @@
+"""Showing images: map the model's [-1, 1] range back to [0, 1] and draw grids.
+
+Used by every chapter that shows images ("Forward and reverse process", "Sampling", ...).
+The seed chapter passed [-1, 1] arrays straight to ``imshow``, which clips half of the range:
+always go through :func:`to_display_range`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def to_display_range(images) -> np.ndarray:
+    """Map images from the model's range [-1, 1] to [0, 1] for display, clipping overshoot."""
+    return np.clip((np.asarray(images, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Map images from [-1, 1] to uint8 0..255 (for files such as ``samples.npz``)."""
+    return np.round(to_display_range(images) * 255.0).astype(np.uint8)
+
+
+def show_image_grid(images, *, columns: int | None = None, row_titles=None, column_titles=None,
+                    size: float = 1.2, ax_title: str | None = None):
+    """Draw images (N, H, W, C) in [-1, 1] as a grid and return the matplotlib figure.
+
+    ``columns`` defaults to a near-square grid. One-channel images are drawn in grey.
+    ``row_titles`` / ``column_titles`` label the left column and the top row.
+    """
+    import matplotlib.pyplot as plt
+
+    images = to_display_range(images)
+    if images.ndim != 4:
+        raise ValueError(f"Expected images of shape (N, H, W, C), got {images.shape}.")
+    count = images.shape[0]
+    columns = columns or int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if index < count:
+            image = images[index]
+            if image.shape[-1] == 1:
+                ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(image)
+    if row_titles is not None:
+        for ax, title in zip(axes[:, 0], row_titles):
+            ax.set_ylabel(title, rotation=0, ha="right", va="center")
+    if column_titles is not None:
+        for ax, title in zip(axes[0], column_titles):
+            ax.set_title(title, fontsize="small")
+    if ax_title:
+        fig.suptitle(ax_title)
+    fig.tight_layout()
+    return fig
