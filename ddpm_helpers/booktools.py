@@ -69,6 +69,17 @@ def _colab_cell(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(COLAB_MARKER)
 
 
+def _stable_ids(notebook) -> None:
+    """Give cells ids derived from their content, so regenerating a notebook leaves git diffs quiet."""
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for cell in notebook.cells:
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:10]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell["id"] = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+
+
 def sync(root: Path) -> list[Path]:
     """Rewrite each chapter's Colab cell from ``_config.yml`` and regenerate its ``.ipynb``."""
     import jupytext
@@ -88,6 +99,7 @@ def sync(root: Path) -> list[Path]:
         for c in notebook.cells:
             if c.cell_type == "code":
                 c.outputs, c.execution_count = [], None
+        _stable_ids(notebook)
         jupytext.write(notebook, md.with_suffix(".ipynb"), fmt="ipynb")
         written.append(md)
     return written
