@@ -1,0 +1,119 @@
+"""The forward process, its posterior and the training loss (float32, TensorFlow).
+
+Chapter "Forward and reverse process" (``sec-forward-reverse``). Every function takes the
+:class:`~ddpm_helpers.schedules.NoiseSchedule` first, then tensors ``x`` of shape (B, H, W, C) or
+(B, D) and an integer time index ``t`` of shape (B,) with ``0 <= t < T`` (index ``t`` is the
+paper's step t + 1, see :mod:`ddpm_helpers.schedules`). All of them work eagerly and inside
+``tf.function``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+LOSS_NAMES = ("huber", "mse")
+
+
+def _as_float(x):
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
+
+
+def _coef(schedule, name, t, x):
+    rank = x.shape.rank
+    if rank is None or rank < 1:
+        raise ValueError(f"x must be a batch of shape (B, ...), got a tensor of rank {rank}.")
+    return schedule.gather(name, t, ndim=rank)
+
+
+def q_sample(schedule, x0, t, noise):
+    """Sample x_t ~ q(x_t | x_0) in closed form: sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise.
+
+    ``noise`` is standard normal with the shape of ``x0``. Chapter "Forward and reverse process",
+    Eq. (eq-q-xt-x0).
+    """
+    x0, noise = _as_float(x0), _as_float(noise)
+    return _coef(schedule, "sqrt_alpha_bars", t, x0) * x0 + _coef(schedule, "sqrt_one_minus_alpha_bars", t, x0) * noise
+
+
+def q_step(schedule, x_prev, t, noise):
+    """One forward step x_t ~ q(x_t | x_{t-1}): sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) noise.
+
+    Chapter "Forward and reverse process", Eq. (eq-forward-step).
+    """
+    x_prev, noise = _as_float(x_prev), _as_float(noise)
+    return _coef(schedule, "sqrt_alphas", t, x_prev) * x_prev + _coef(schedule, "sqrt_betas", t, x_prev) * noise
+
+
+def predict_x0_from_noise(schedule, x_t, t, noise):
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) noise) / sqrt(alpha_bar_t).
+
+    Inverts :func:`q_sample` for a (predicted) noise. Chapter "Forward and reverse process",
+    Eq. (eq-x0-from-eps).
+    """
+    x_t, noise = _as_float(x_t), _as_float(noise)
+    return _coef(schedule, "sqrt_recip_alpha_bars", t, x_t) * x_t - _coef(schedule, "sqrt_recipm1_alpha_bars", t, x_t) * noise
+
+
+def predict_noise_from_x0(schedule, x_t, t, x0):
+    """noise = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t).
+
+    Chapter "Forward and reverse process", Eq. (eq-x0-from-eps) solved for the noise.
+    """
+    x_t, x0 = _as_float(x_t), _as_float(x0)
+    return (_coef(schedule, "sqrt_recip_alpha_bars", t, x_t) * x_t - x0) / _coef(
+        schedule, "sqrt_recipm1_alpha_bars", t, x_t
+    )
+
+
+def velocity(schedule, x0, t, noise):
+    """The v-prediction target of Salimans & Ho (2022): v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0.
+
+    Chapter "Forward and reverse process", Eq. (eq-velocity) (exercise).
+    """
+    x0, noise = _as_float(x0), _as_float(noise)
+    return _coef(schedule, "sqrt_alpha_bars", t, x0) * noise - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x0) * x0
+
+
+def predict_x0_from_velocity(schedule, x_t, t, v):
+    """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v. Chapter "Forward and reverse process", Eq. (eq-velocity)."""
+    x_t, v = _as_float(x_t), _as_float(v)
+    return _coef(schedule, "sqrt_alpha_bars", t, x_t) * x_t - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * v
+
+
+def predict_noise_from_velocity(schedule, x_t, t, v):
+    """noise = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v. Chapter "Forward and reverse process", Eq. (eq-velocity)."""
+    x_t, v = _as_float(x_t), _as_float(v)
+    return _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * x_t + _coef(schedule, "sqrt_alpha_bars", t, x_t) * v
+
+
+def q_posterior(schedule, x0, x_t, t):
+    """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0).
+
+    mean = coef1_t x_0 + coef2_t x_t with coef1_t = beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t),
+    coef2_t = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t); variance = beta_tilde_t =
+    beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t). The variance and log-variance have shape
+    (B, 1, ...) and broadcast against x. Chapter "Forward and reverse process",
+    Eqs. (eq-posterior-mean) and (eq-posterior-variance).
+    """
+    x0, x_t = _as_float(x0), _as_float(x_t)
+    mean = _coef(schedule, "posterior_mean_coef1", t, x_t) * x0 + _coef(schedule, "posterior_mean_coef2", t, x_t) * x_t
+    variance = _coef(schedule, "posterior_variance", t, x_t)
+    log_variance = _coef(schedule, "posterior_log_variance_clipped", t, x_t)
+    return mean, variance, log_variance
+
+
+def diffusion_loss(name: str):
+    """The training loss between the true and the predicted noise, as a Keras loss (a scalar mean).
+
+    ``"mse"``: mean of (noise - predicted)^2, the simple loss of Ho et al. (chapter "Forward and
+    reverse process", Eq. (eq-simple-loss)). ``"huber"``: Keras' Huber loss with delta = 1, as
+    the seed chapter (Eq. (eq-huber)): 0.5 r^2 for |r| <= 1, |r| - 0.5 otherwise, averaged.
+    """
+    import keras
+
+    if name == "mse":
+        return keras.losses.MeanSquaredError(name="mse")
+    if name == "huber":
+        return keras.losses.Huber(delta=1.0, name="huber")
+    raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(LOSS_NAMES)}.")
