@@ -41,9 +41,11 @@ def colab_cell_source(url: str, branch: str) -> str:
             'if "google.colab" in sys.modules:',
             f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{requirement}"], check=True)',
             "",
-            "# Import TensorFlow here, in a cell the rendered page hides, so that its C++ start-up log",
+            "# Start TensorFlow here, in a cell the rendered page hides, so that its C++ start-up log",
             "# (which ignores TF_CPP_MIN_LOG_LEVEL since TF 2.21) does not clutter the chapter.",
-            "import tensorflow  # noqa: E402,F401",
+            "import tensorflow  # noqa: E402",
+            "",
+            "tensorflow.config.list_logical_devices()",
         ]
     )
 
