@@ -1,0 +1,427 @@
+"""The noise-prediction network: a U-Net with time embeddings (chapter "The U-Net", ``sec-unet``).
+
+The model takes a noisy batch ``x`` (float32, shape (B, H, W, C)) and the time index ``t`` (int32,
+shape (B,), an array position 0..T-1 as everywhere in :mod:`ddpm_helpers.diffusion`) and returns
+the predicted noise, with the shape of ``x``:
+
+    >>> from ddpm_helpers import get_profile
+    >>> from ddpm_helpers.unet import build_unet_for_profile
+    >>> model = build_unet_for_profile(get_profile("smoke"))
+    >>> model.input_shape, model.output_shape
+    ([(None, 8, 8, 1), (None,)], (None, 8, 8, 1))
+
+With ``num_classes=K`` the model takes a third input, ``label`` (int32, (B,)), whose learned
+embedding is added to the time embedding; ``label == K`` is the "null" label that classifier-free
+guidance uses for the unconditional prediction.
+
+The building blocks, each a serialisable Keras layer built only from Keras layers and
+``keras.ops``:
+
+- :class:`SinusoidalTimeEmbedding`: t -> sines and cosines of t at geometric frequencies
+  (Eq. (eq-time-embedding)), as in the Transformer and DDPM.
+- :class:`ResidualBlock`: GroupNorm, SiLU, 3x3 convolution, plus the time embedding, twice, and a
+  shortcut (Eq. (eq-res-block)).
+- :class:`AttentionBlock`: multi-head self-attention over all pixels, added to its input
+  (Eq. (eq-attention-block)).
+
+The architecture follows the seed chapter's model (widths 32/64/128/256, two residual blocks per
+level, attention at 16x16 and in the bottleneck for the ``seed`` profile); the chapter lists
+every difference, with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "ddpm_helpers"
+
+
+# --------------------------------------------------------------------------------------------
+# Time embedding
+# --------------------------------------------------------------------------------------------
+
+def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0):
+    """The ``dim // 2`` angular frequencies ``omega_i = max_period ** (-i / (dim/2 - 1))`` (NumPy, float64).
+
+    They run geometrically from 1 (one radian per step) down to ``1 / max_period``.
+    Chapter "The U-Net", Eq. (eq-time-embedding).
+    """
+    import numpy as np
+
+    _check_time_embedding_dim(dim)
+    half = dim // 2
+    return np.exp(-math.log(max_period) * np.arange(half) / max(half - 1, 1))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_time_embedding_dim(dim) -> None:
+    if not _is_int(dim) or dim < 2 or dim % 2:
+        raise ValueError(
+            f"time_embedding_dim={dim!r} must be an even integer >= 2 (half of the entries are sines, "
+            "half cosines): use e.g. 16 * image_size, or 128."
+        )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SinusoidalTimeEmbedding(layers.Layer):
+    """Embed integer time steps ``t`` (shape (B,)) as ``[sin(t * omega), cos(t * omega)]`` (shape (B, dim)).
+
+    ``omega`` are :func:`sinusoidal_frequencies`. The layer has no weights; the U-Net passes its
+    output through a two-layer MLP. Chapter "The U-Net", Eq. (eq-time-embedding).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10_000.0, **kwargs):
+        super().__init__(**kwargs)
+        _check_time_embedding_dim(dim)
+        if not max_period > 1:
+            raise ValueError(f"max_period={max_period!r} must be > 1 (the slowest period, in steps).")
+        self.dim = int(dim)
+        self.max_period = float(max_period)
+
+    def call(self, t):
+        half = self.dim // 2
+        omega = ops.exp(
+            ops.arange(half, dtype="float32") * (-math.log(self.max_period) / max(half - 1, 1))
+        )
+        angles = ops.reshape(ops.cast(t, "float32"), (-1, 1)) * ops.expand_dims(omega, 0)
+        return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "max_period": self.max_period}
+
+
+# --------------------------------------------------------------------------------------------
+# Residual block
+# --------------------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResidualBlock(layers.Layer):
+    """``y = shortcut(x) + conv(SiLU(GN(conv(SiLU(GN(x))) + Dense(SiLU(temb)))))``.
+
+    - ``x``: (B, H, W, C_in); ``temb``: (B, E), the time (and label) embedding.
+    - Both convolutions are 3x3 with ``padding="same"``, so H and W are kept; the output has
+      ``width`` channels.
+    - The shortcut is the identity when ``C_in == width``, else a 1x1 convolution.
+    - GroupNorm with ``groups`` groups needs ``C_in`` and ``width`` divisible by ``groups``.
+
+    Chapter "The U-Net", Eq. (eq-res-block).
+    """
+
+    def __init__(self, width: int, groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.width = int(width)
+        self.groups = int(groups)
+        self.norm1 = layers.GroupNormalization(self.groups, name="norm1")
+        self.conv1 = layers.Conv2D(self.width, 3, padding="same", name="conv1")
+        self.time_proj = layers.Dense(self.width, name="time_proj")
+        self.norm2 = layers.GroupNormalization(self.groups, name="norm2")
+        self.conv2 = layers.Conv2D(self.width, 3, padding="same", name="conv2")
+        self.shortcut = None
+
+    def build(self, x_shape, temb_shape):
+        channels = x_shape[-1]
+        for what, count in (("input channels", channels), ("width", self.width)):
+            if count % self.groups:
+                raise ValueError(
+                    f"ResidualBlock {self.name}: {what} = {count} is not divisible by groups = {self.groups}; "
+                    "GroupNormalization splits the channels into equal groups."
+                )
+        self.norm1.build(x_shape)
+        self.conv1.build(x_shape)
+        out_shape = (*x_shape[:-1], self.width)
+        self.time_proj.build(temb_shape)
+        self.norm2.build(out_shape)
+        self.conv2.build(out_shape)
+        if channels != self.width:
+            self.shortcut = layers.Conv2D(self.width, 1, name="shortcut")
+            self.shortcut.build(x_shape)
+
+    def call(self, x, temb):
+        h = self.conv1(ops.silu(self.norm1(x)))
+        h = h + self.time_proj(ops.silu(temb))[:, None, None, :]
+        h = self.conv2(ops.silu(self.norm2(h)))
+        return h + (self.shortcut(x) if self.shortcut is not None else x)
+
+    def compute_output_shape(self, x_shape, temb_shape):
+        return (*x_shape[:-1], self.width)
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width, "groups": self.groups}
+
+
+# --------------------------------------------------------------------------------------------
+# Attention block
+# --------------------------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AttentionBlock(layers.Layer):
+    """``y = x + MHA(GN(x))``: multi-head self-attention in which every pixel attends to every pixel.
+
+    The (H, W) grid is flattened to a sequence of N = H*W tokens of C channels; ``num_heads``
+    heads of size ``key_dim`` each (Keras' ``MultiHeadAttention``), whose output is projected back
+    to C channels and added to the input. Chapter "The U-Net", Eq. (eq-attention-block).
+    """
+
+    def __init__(self, num_heads: int, key_dim: int, groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.groups = int(groups)
+        self.norm = layers.GroupNormalization(self.groups, name="norm")
+        self.attention = layers.MultiHeadAttention(self.num_heads, self.key_dim, name="attention")
+
+    def build(self, input_shape):
+        height, width, channels = input_shape[1:]
+        if channels % self.groups:
+            raise ValueError(
+                f"AttentionBlock {self.name}: channels = {channels} is not divisible by groups = {self.groups}."
+            )
+        self.norm.build(input_shape)
+        tokens = (input_shape[0], height * width, channels)
+        self.attention.build(tokens, tokens)
+
+    def call(self, x):
+        _, height, width, channels = x.shape
+        tokens = ops.reshape(self.norm(x), (-1, height * width, channels))
+        attended = self.attention(tokens, tokens)
+        return x + ops.reshape(attended, (-1, height, width, channels))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "key_dim": self.key_dim,
+                "groups": self.groups}
+
+
+def attention_cost(tokens: int, channels: int, num_heads: int, key_dim: int) -> dict:
+    """Parameters and multiply-accumulates (MACs, per image) of one :class:`AttentionBlock`.
+
+    - parameters: ``4 C h d`` weights of the query, key, value and output projections, plus
+      ``3 h d + C`` biases, plus ``2 C`` of the GroupNorm;
+    - MACs: ``4 N C h d`` for the four projections and ``2 N^2 h d`` for the scores ``Q K^T`` and
+      the weighted sum of the values (softmax and normalisation are not counted).
+
+    ``N`` is the number of tokens (pixels), ``C`` the channels, ``h`` the heads, ``d`` the key dim.
+    Chapter "The U-Net", Eqs. (eq-attention-params) and (eq-attention-macs).
+    """
+    n, c, h, d = int(tokens), int(channels), int(num_heads), int(key_dim)
+    projections = 4 * n * c * h * d
+    mixing = 2 * n * n * h * d
+    return {
+        "params": 4 * c * h * d + 3 * h * d + c + 2 * c,
+        "projection_macs": projections,
+        "mixing_macs": mixing,
+        "macs": projections + mixing,
+    }
+
+
+def residual_block_cost(tokens: int, in_channels: int, width: int, embedding_dim: int) -> dict:
+    """Parameters and multiply-accumulates (MACs, per image) of one :class:`ResidualBlock`.
+
+    With N = tokens (H*W), C_in input channels, C = width and E = embedding_dim:
+
+    - parameters: ``2 C_in + (9 C_in C + C) + (E C + C) + 2 C + (9 C^2 + C)``, plus
+      ``C_in C + C`` for the 1x1 shortcut when ``C_in != C``;
+    - MACs: ``9 N C_in C + E C + 9 N C^2``, plus ``N C_in C`` for the shortcut.
+
+    Chapter "The U-Net", Eqs. (eq-res-params) and (eq-res-macs).
+    """
+    n, c_in, c, e = int(tokens), int(in_channels), int(width), int(embedding_dim)
+    projected = c_in != c
+    return {
+        "params": 2 * c_in + 9 * c_in * c + c + e * c + c + 2 * c + 9 * c * c + c + projected * (c_in * c + c),
+        "macs": 9 * n * c_in * c + e * c + 9 * n * c * c + projected * n * c_in * c,
+    }
+
+
+def macs_by_layer(model: keras.Model) -> dict[str, int]:
+    """Multiply-accumulates per image of every layer of a U-Net that does any (convolutions, dense
+    layers, residual and attention blocks); normalisation, activations and additions are not counted.
+    """
+    counts = {}
+    for layer in model.layers:
+        if isinstance(layer, ResidualBlock):
+            _, h, w, c_in = _input_shape(layer)
+            counts[layer.name] = residual_block_cost(h * w, c_in, layer.width, layer.time_proj.kernel.shape[0])["macs"]
+        elif isinstance(layer, AttentionBlock):
+            _, h, w, c = layer.output.shape
+            counts[layer.name] = attention_cost(h * w, c, layer.num_heads, layer.key_dim)["macs"]
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, _ = layer.output.shape
+            counts[layer.name] = h * w * math.prod(layer.kernel.shape)
+        elif isinstance(layer, layers.Dense):
+            counts[layer.name] = math.prod(layer.kernel.shape)
+    return counts
+
+
+def _input_shape(layer) -> tuple:
+    """Shape of the first input of a layer of a functional model (``x`` for a residual block)."""
+    inputs = layer.input
+    return tuple((inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape)
+
+
+# --------------------------------------------------------------------------------------------
+# The U-Net
+# --------------------------------------------------------------------------------------------
+
+def _positive_int(name: str, value) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    return int(value)
+
+
+def level_resolutions(image_size: int, levels: int) -> list[int]:
+    """Side length of the feature maps at each level: ``image_size / 2**i`` for ``i < levels``."""
+    return [image_size // 2**i for i in range(levels)]
+
+
+def validate_unet_config(*, image_size, channels, widths, num_res_blocks, attention_resolutions,
+                         attention_in_bottleneck, num_heads, key_dim, groups, time_embedding_dim,
+                         num_classes=None) -> None:
+    """Raise ``ValueError`` naming the offending setting when the U-Net cannot be built as asked."""
+    _positive_int("image_size", image_size)
+    _positive_int("channels", channels)
+    widths = tuple(widths)
+    if not widths:
+        raise ValueError("widths=() is empty: give one channel count per level, e.g. widths=(32, 64).")
+    for i, w in enumerate(widths):
+        _positive_int(f"widths[{i}]", w)
+    _positive_int("num_res_blocks", num_res_blocks)
+    _positive_int("num_heads", num_heads)
+    _positive_int("key_dim", key_dim)
+    _positive_int("groups", groups)
+    _check_time_embedding_dim(time_embedding_dim)
+    if num_classes is not None:
+        _positive_int("num_classes", num_classes)
+    factor = 2 ** (len(widths) - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"image_size={image_size} is not divisible by 2**(len(widths)-1) = {factor}: the U-Net halves the "
+            f"image {len(widths) - 1} times ({len(widths)} levels). Use an image size that is a multiple of "
+            f"{factor}, or fewer widths."
+        )
+    for i, w in enumerate(widths):
+        if w % groups:
+            raise ValueError(
+                f"widths[{i}]={w} is not divisible by groups={groups}: GroupNormalization splits the channels "
+                f"into {groups} equal groups. Use widths that are multiples of {groups}, or fewer groups."
+            )
+    reached = level_resolutions(image_size, len(widths))
+    for r in attention_resolutions:
+        if r not in reached:
+            raise ValueError(
+                f"attention_resolutions contains {r!r}, a resolution this network never reaches: its levels are "
+                f"{', '.join(f'{s}x{s}' for s in reached)}. Use some of {tuple(reached)} "
+                "(the bottleneck has its own switch, attention_in_bottleneck)."
+            )
+
+
+def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, attention_resolutions=(),
+               attention_in_bottleneck: bool = True, num_heads: int = 1, key_dim: int = 32, groups: int = 8,
+               time_embedding_dim: int = 128, num_classes: int | None = None, name: str = "unet") -> keras.Model:
+    """Build the noise-prediction U-Net (Keras functional model). Chapter "The U-Net".
+
+    - ``widths``: channels of each level; level ``i`` works at ``image_size / 2**i``. The image
+      is halved between levels (a stride-2 convolution) and doubled on the way up (nearest
+      up-sampling + 3x3 convolution); the bottleneck sits at ``image_size / 2**(len(widths)-1)``.
+    - ``num_res_blocks`` :class:`ResidualBlock` per level on each path; after each, an
+      :class:`AttentionBlock` when the level's side is in ``attention_resolutions``.
+    - Bottleneck: residual block, attention (if ``attention_in_bottleneck``), residual block.
+    - Skip connections: the output of each down level is concatenated to the input of the up
+      level at the same resolution.
+    - Time: :class:`SinusoidalTimeEmbedding` of ``time_embedding_dim`` through a two-layer MLP
+      (GELU between, as in the seed chapter), given to every residual block.
+    - ``num_classes``: adds the input ``label`` and a learned embedding of ``num_classes + 1``
+      entries (the last is the null label of classifier-free guidance) added to the time embedding.
+
+    Inputs ``[x, t]`` (or ``[x, t, label]``): x float32 (B, image_size, image_size, channels),
+    t and label int32 (B,). Output: the predicted noise, shaped like x. Bad settings raise
+    ``ValueError`` naming the setting (see :func:`validate_unet_config`).
+    """
+    validate_unet_config(image_size=image_size, channels=channels, widths=widths, num_res_blocks=num_res_blocks,
+                         attention_resolutions=attention_resolutions,
+                         attention_in_bottleneck=attention_in_bottleneck, num_heads=num_heads, key_dim=key_dim,
+                         groups=groups, time_embedding_dim=time_embedding_dim, num_classes=num_classes)
+    widths = tuple(int(w) for w in widths)
+    attention_resolutions = tuple(int(r) for r in attention_resolutions)
+    levels = len(widths)
+
+    x_in = keras.Input(shape=(image_size, image_size, channels), dtype="float32", name="x")
+    t_in = keras.Input(shape=(), dtype="int32", name="t")
+    inputs = [x_in, t_in]
+
+    # Time (and label) embedding, shared by every residual block.
+    temb = SinusoidalTimeEmbedding(time_embedding_dim, name="time_embedding")(t_in)
+    temb = layers.Dense(time_embedding_dim, activation="gelu", name="time_mlp_1")(temb)
+    temb = layers.Dense(time_embedding_dim, name="time_mlp_2")(temb)
+    if num_classes is not None:
+        label_in = keras.Input(shape=(), dtype="int32", name="label")
+        inputs.append(label_in)
+        label_emb = layers.Embedding(num_classes + 1, time_embedding_dim, name="label_embedding")(label_in)
+        temb = layers.Add(name="time_plus_label")([temb, label_emb])
+
+    def attention(h, tag):
+        return AttentionBlock(num_heads, key_dim, groups, name=f"{tag}_attention")(h)
+
+    h = layers.Conv2D(widths[0], 3, padding="same", name="stem")(x_in)
+
+    # Down path: residual blocks (and attention) per level, a skip per level, halve between levels.
+    skips = []
+    for i, w in enumerate(widths):
+        size = image_size // 2**i
+        for j in range(num_res_blocks):
+            h = ResidualBlock(w, groups, name=f"down{i}_res{j}")(h, temb)
+            if size in attention_resolutions:
+                h = attention(h, f"down{i}_res{j}")
+        skips.append(h)
+        if i < levels - 1:
+            h = layers.Conv2D(w, 3, strides=2, padding="same", name=f"down{i}_downsample")(h)
+
+    # Bottleneck, at the smallest resolution.
+    h = ResidualBlock(widths[-1], groups, name="mid_res0")(h, temb)
+    if attention_in_bottleneck:
+        h = attention(h, "mid")
+    h = ResidualBlock(widths[-1], groups, name="mid_res1")(h, temb)
+
+    # Up path: concatenate the skip of the same level, residual blocks (and attention), double.
+    for i in reversed(range(levels)):
+        size = image_size // 2**i
+        h = layers.Concatenate(name=f"up{i}_concat")([h, skips[i]])
+        for j in range(num_res_blocks):
+            h = ResidualBlock(widths[i], groups, name=f"up{i}_res{j}")(h, temb)
+            if size in attention_resolutions:
+                h = attention(h, f"up{i}_res{j}")
+        if i > 0:
+            h = layers.UpSampling2D(2, interpolation="nearest", name=f"up{i}_upsample")(h)
+            h = layers.Conv2D(widths[i], 3, padding="same", name=f"up{i}_upsample_conv")(h)
+
+    # Output head: normalise, activate, project back to the image's channels.
+    h = layers.GroupNormalization(groups, name="out_norm")(h)
+    h = layers.Activation("silu", name="out_silu")(h)
+    out = layers.Conv2D(channels, 3, padding="same", name="out_conv")(h)
+    return keras.Model(inputs, out, name=name)
+
+
+UNET_PROFILE_FIELDS = ("image_size", "channels", "widths", "num_res_blocks", "attention_resolutions",
+                       "attention_in_bottleneck", "num_heads", "key_dim", "groups", "time_embedding_dim")
+
+
+def unet_config(profile) -> dict:
+    """The keyword arguments of :func:`build_unet` that ``profile`` sets."""
+    return {field: getattr(profile, field) for field in UNET_PROFILE_FIELDS}
+
+
+def build_unet_for_profile(profile, num_classes: int | None = None) -> keras.Model:
+    """:func:`build_unet` with the sizes of ``profile`` (a :class:`ddpm_helpers.profiles.Profile`)."""
+    return build_unet(**unet_config(profile), num_classes=num_classes, name="unet")
