@@ -14,15 +14,16 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DDPM_RUNS_DIR := $(CURDIR)/runs
 export PYTHONHASHSEED := 0
 
-.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-check site-check bench clean help
+.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-check site-check bench bench-book clean help
 
 help:
-	@echo "make book   - execute every chapter (profile: $$DDPM_PROFILE, default 'default') and build _build/html"
+	@echo "make book   - execute every chapter (profile: $(DDPM_PROFILE)) and build _build/html"
 	@echo "make test   - pytest, notebook pairing check, nbval and a strict build (smoke profile)"
 	@echo "make notebooks     - regenerate book/*.ipynb and Colab cells from the .md pages"
 	@echo "make colab-check   - run every notebook in a fresh venv with Colab's versions"
 	@echo "make site-check    - open every built page in headless Chromium (after make book)"
 	@echo "make bench         - timing scripts in benchmarks/ (writes benchmarks/results/)"
+	@echo "make bench-book    - wall time of every chapter, make book and make test"
 
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,8 +95,28 @@ site-check: $(INSTALLED)
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 	$(BIN)/python tests/site_check.py $(SITE_HTML) --out _build/site-check
 
+# Benchmarks (benchmarks/*.py; not unit tests): each compares variants side by side in one process
+# and writes benchmarks/results/<name>-<date>.json (machine, load average, command, numbers), which
+# the chapter "Performance" shows. `make bench` took about 9 minutes on the 2-core CPU (busy);
+# `make bench-book` times every chapter, `make book` and `make test` (much longer; skip parts with
+# e.g. BENCH_BOOK_ARGS="--skip-make-book --skip-make-test").
+BENCH_STAMP = $(shell date +%Y%m%d-%H%M%S)
+BENCH_TRAINING_ARGS ?= --profiles seed,default --rounds 3
+BENCH_SAMPLING_ARGS ?= --profile default --batch 64 --steps 50 --rounds 3 --ddim
+BENCH_SEED_SAMPLING_ARGS ?= --profile seed --batch 64 --steps 2 --rounds 2
+BENCH_MEMORY_ARGS ?= --profile default --batch 16 --snapshots 11
+BENCH_BOOK_ARGS ?= --profile default
+
 bench: $(INSTALLED)
-	@echo "not yet implemented"; exit 1
+	$(BIN)/python benchmarks/bench_training.py $(BENCH_TRAINING_ARGS)
+	$(BIN)/python benchmarks/bench_sampling.py $(BENCH_SAMPLING_ARGS)
+	$(BIN)/python benchmarks/bench_sampling.py $(BENCH_SEED_SAMPLING_ARGS) \
+	  --out benchmarks/results/sampling_seed-$(BENCH_STAMP).json
+	$(BIN)/python benchmarks/bench_sampling_memory.py $(BENCH_MEMORY_ARGS)
+	@echo "make bench: results in benchmarks/results/ (shown by book/10_performance.md)"
+
+bench-book: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_book.py $(BENCH_BOOK_ARGS)
 
 clean:
 	rm -rf _build runs

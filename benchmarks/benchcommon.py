@@ -1,0 +1,124 @@
+"""What every benchmark script of ``benchmarks/`` shares: the machine description and the JSON record.
+
+A record (``benchmarks/results/<name>-<YYYYmmdd-HHMMSS>.json``) always holds ``benchmark`` (what
+was compared), ``date``, ``command`` (the exact command line), ``machine`` (CPU model from
+/proc/cpuinfo, cores, versions, devices, TensorFlow's thread settings) and ``load_average`` (the
+1-, 5- and 15-minute load averages at the start and the end: on a shared machine a 1-minute
+load above the number of cores means the absolute times are inflated; ratios measured side by
+side suffer less). The book's chapter "Performance" reads the newest record of each benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> dict:
+    """CPU, cores, OS, versions of Python / TensorFlow / Keras / NumPy, devices and thread settings."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        with open("/proc/meminfo") as handle:
+            memory_gb = round(int(handle.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        memory_gb = None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "memory_gb": memory_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "devices": [d.device_type for d in tf.config.list_physical_devices()],
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def command_line() -> str:
+    """The command that is running, as one could type it again from the repository root."""
+    python = sys.executable
+    try:
+        python = os.path.relpath(python, ROOT) if Path(python).is_relative_to(ROOT) else python
+    except ValueError:
+        pass
+    script = sys.argv[0]
+    try:
+        script = os.path.relpath(Path(script).resolve(), ROOT)
+    except ValueError:
+        pass
+    return shlex.join([python, script, *sys.argv[1:]])
+
+
+class Record:
+    """Collects a benchmark's numbers and writes them, with the context, as JSON."""
+
+    def __init__(self, name: str, benchmark: str):
+        self.name = name
+        self.data = {
+            "benchmark": benchmark,
+            "name": name,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": command_line(),
+            "load_average": {"start": load_average()},
+        }
+        self.began = time.perf_counter()
+
+    def write(self, out: str | os.PathLike | None = None, **numbers) -> Path:
+        self.data.update(numbers)
+        self.data["machine"] = machine_description()
+        self.data["load_average"]["end"] = load_average()
+        self.data["wall_seconds"] = round(time.perf_counter() - self.began, 2)
+        cores = self.data["machine"]["usable_cores"] or 1
+        loads = [v[0] for v in self.data["load_average"].values() if v]
+        self.data["machine_was_busy"] = bool(loads) and max(loads) > cores
+        path = Path(out) if out else RESULTS / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
+        print(f"wrote {path}")
+        return path
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
