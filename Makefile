@@ -46,7 +46,7 @@ notebooks-check: $(INSTALLED)
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
 pytest: $(INSTALLED)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
 
 nbval: $(INSTALLED)
 	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider book/*.ipynb

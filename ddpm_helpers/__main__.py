@@ -15,15 +15,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a DDPM (ddpm_helpers.training)",
-        description="Train a DDPM and write checkpoints and config.json to --out.",
+        description="Train a DDPM and write checkpoints (ckpt-<step>.npz, atomically) and config.json to --out. "
+                    "Ctrl-C (or a crash) loses at most the steps since the last checkpoint: run the same "
+                    "command with --resume to continue exactly where that checkpoint left off.",
+        epilog="Examples: python -m ddpm_helpers train --profile default --data digits --out runs/digits ; "
+               "python -m ddpm_helpers train --profile seed --data folder:data/img_align_celeba --out runs/celeba "
+               "(CelebA: https://www.kaggle.com/datasets/jessicali9530/celeba-dataset, unzipped; a GPU is advised).",
     )
     train.add_argument("--profile", default=None,
                        help="smoke, default or seed (default: $DDPM_PROFILE, else 'default')")
     train.add_argument("--data", default=None,
-                       help="digits, mnist, fashion_mnist, cifar10 or folder:PATH (default: the profile's)")
+                       help="digits (offline), mnist, fashion_mnist, cifar10 (need internet) or folder:PATH, a "
+                            "folder of images such as CelebA's img_align_celeba (default: the profile's)")
     train.add_argument("--out", required=True, help="run folder for checkpoints and config.json")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again even though --out already holds checkpoints (they are deleted)")
+    train.add_argument("--seed", type=int, default=None, help="seed of the weights, data order and noise "
+                       "(default: the profile's)")
+    train.add_argument("--lr-schedule", default="seed", choices=["seed", "constant", "cosine", "warmup_cosine"],
+                       help="learning rate over training, from the profile's learning_rate (default: seed, "
+                            "lr = base * 100000 / (step + 100000))")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="steps between checkpoints (default: the profile's)")
+    train.add_argument("--num-classes", type=int, default=None,
+                       help="train a class-conditional model on the data's labels (e.g. 10 for digits)")
+    train.add_argument("--label-dropout", type=float, default=0.0,
+                       help="with --num-classes: probability of replacing a label by the null label, for "
+                            "classifier-free guidance (e.g. 0.1)")
+    train.add_argument("--no-xla", action="store_true",
+                       help="compile the training step without XLA (by default XLA is used for runs of 1000 steps "
+                            "or more): compiles faster, runs slower")
 
     sample = commands.add_parser(
         "sample", help="draw samples from a trained run (ddpm_helpers.sampling)",

@@ -1,14 +1,41 @@
-"""Data for the book (chapter "Training"): the offline digits, image folders and tf.data pipelines.
+"""Data for the book (chapter "Training", ``sec-training``): the offline digits, image folders and tf.data pipelines.
 
 The default data set is scikit-learn's 8x8 handwritten digits, which ships inside scikit-learn:
-no download, so every build works offline.
+no download, so every build works offline. The seed chapter's data, CelebA, is a folder of images
+read with ``keras.utils.image_dataset_from_directory``; Keras' MNIST, Fashion-MNIST and CIFAR-10
+can be used by name where there is internet (never in a book build).
+
+Every source becomes a :class:`DataSource`: a ``tf.data.Dataset`` of single ``(image, label)`` pairs,
+images float32 (H, W, C) in [-1, 1] and labels int32 (``-1`` when the data has none).
+:func:`make_pipeline` turns it into the training batches, in one canonical order::
+
+    load + resize + scale to [-1, 1]  ->  cache  ->  shuffle  ->  batch(drop_remainder)
+        ->  augment (random flips, faces only)  ->  prefetch
+
+Randomness in the pipeline is keyed by ``(seed, epoch)`` and ``(seed, epoch, batch)``, so the batch
+of training step ``s`` is the same whether training runs straight through or resumes at ``s``
+(:func:`iterate_batches`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 DIGITS_MAX_VALUE = 16.0  # load_digits stores intensities as integers 0..16
+
+CELEBA_URL = "https://www.kaggle.com/datasets/jessicali9530/celeba-dataset"
+# The file types keras.utils.image_dataset_from_directory reads (it compares lower-case suffixes).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASET_NAMES = ("digits",) + KERAS_DATASETS + ("folder:PATH",)
+# Folders up to this many images are checked file by file (with Pillow) when they are loaded;
+# larger ones are checked only if TensorFlow fails to decode a file while training.
+VERIFY_ALL_UP_TO = 5000
 
 
 def to_model_range(images: np.ndarray, max_value: float) -> np.ndarray:
@@ -36,3 +63,349 @@ def load_digits(split: str = "train", held_out_fraction: float = 0.2, seed: int 
         images, labels, test_size=held_out_fraction, random_state=seed, stratify=labels
     )
     return (train_x, train_y) if split == "train" else (held_x, held_y)
+
+
+@dataclasses.dataclass
+class DataSource:
+    """A data set ready for :func:`make_pipeline`.
+
+    ``dataset`` yields single ``(image, label)`` pairs: image float32 ``image_shape`` in [-1, 1],
+    label int32 (``-1`` when ``num_classes`` is None). ``count`` is the number of images,
+    ``flip`` whether random horizontal flips suit the data (faces: yes; digits: never),
+    ``fingerprint`` a short hash that changes when the data changes (stored with a trained run).
+    In-memory sources also keep ``images`` and ``labels`` as NumPy arrays.
+    """
+
+    name: str
+    dataset: object
+    count: int
+    image_shape: tuple
+    num_classes: int | None
+    flip: bool
+    fingerprint: str
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    files: list | None = None  # image files of a folder source, in the order they are read
+
+    def __repr__(self) -> str:
+        classes = "unlabelled" if self.num_classes is None else f"{self.num_classes} classes"
+        return (f"DataSource({self.name!r}: {self.count} images of shape {self.image_shape}, {classes}, "
+                f"flip={self.flip})")
+
+    def take(self, count: int) -> np.ndarray:
+        """The first ``count`` images (fewer if the source is smaller) as a NumPy array, in file/array order."""
+        if self.images is not None:
+            return self.images[:count]
+        return np.stack([image.numpy() for image, _ in self.dataset.take(count)])
+
+    def cached(self):
+        """``dataset.cache()``, made once per source so every epoch reads the same in-memory cache."""
+        if getattr(self, "_cached", None) is None:
+            self._cached = self.dataset.cache()
+        return self._cached
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Batches per pass over the data (the remainder is dropped)."""
+        steps = self.count // batch_size
+        if steps < 1:
+            raise ValueError(
+                f"The data set {self.name!r} has {self.count} images, fewer than one batch of {batch_size}: "
+                "use a smaller batch size or more images."
+            )
+        return steps
+
+
+def _fingerprint(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def _fit_images(images: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
+    """Resize (bilinear, antialiased) and convert channels (grey <-> RGB) of images in [-1, 1]."""
+    import tensorflow as tf
+
+    if channels is not None and images.shape[-1] != channels:
+        if images.shape[-1] == 1 and channels == 3:
+            images = np.repeat(images, 3, axis=-1)
+        elif images.shape[-1] == 3 and channels == 1:
+            images = (images @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        else:
+            raise ValueError(f"Cannot convert images with {images.shape[-1]} channels to {channels}.")
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        images = tf.image.resize(images, (image_size, image_size), method="bilinear", antialias=True).numpy()
+    return np.clip(images, -1.0, 1.0).astype(np.float32)
+
+
+def from_arrays(images, labels=None, *, name: str = "arrays", flip: bool = False,
+                num_classes: int | None = None) -> DataSource:
+    """A :class:`DataSource` from images (N, H, W, C) already in [-1, 1] and optional integer labels."""
+    import tensorflow as tf
+
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}.")
+    if not np.all(np.isfinite(images)) or images.min() < -1.0 - 1e-6 or images.max() > 1.0 + 1e-6:
+        raise ValueError(
+            "images must be finite and lie in [-1, 1] (the model's range); "
+            "map pixels with to_model_range(images, max_value) first."
+        )
+    if labels is None:
+        labels_array = np.full(len(images), -1, dtype=np.int32)
+    else:
+        labels_array = np.asarray(labels, dtype=np.int32)
+        if labels_array.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {labels_array.shape}.")
+        if num_classes is None:
+            num_classes = int(labels_array.max()) + 1
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels_array))
+    return DataSource(
+        name=name, dataset=dataset, count=len(images), image_shape=tuple(images.shape[1:]),
+        num_classes=num_classes if labels is not None else None, flip=flip,
+        fingerprint=_fingerprint(images.tobytes(), labels_array.tobytes()),
+        images=images, labels=None if labels is None else labels_array,
+    )
+
+
+def load_keras_dataset(name: str, image_size: int, channels: int, split: str = "train") -> DataSource:
+    """MNIST, Fashion-MNIST or CIFAR-10 from ``keras.datasets`` (downloads on first use: needs internet).
+
+    Resized to ``image_size`` and converted to ``channels``; ``split`` is ``"train"`` or
+    ``"held_out"`` (the data set's test split). Labels are kept. Only CIFAR-10 (natural images)
+    is flipped during training.
+    """
+    import keras
+
+    loaders = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+               "cifar10": keras.datasets.cifar10}
+    if name not in loaders:
+        raise ValueError(f"Unknown Keras data set {name!r}. Valid: {', '.join(KERAS_DATASETS)}.")
+    if split not in ("train", "held_out"):
+        raise ValueError(f"Unknown split {split!r}: use 'train' or 'held_out'.")
+    try:
+        (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
+    except Exception as error:  # no internet, proxy, ...
+        raise ValueError(
+            f"Could not download {name!r} with keras.datasets ({type(error).__name__}: {error}). "
+            "It needs internet on first use; offline, use --data digits."
+        ) from error
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    images = images[..., None] if images.ndim == 3 else images
+    images = _fit_images(to_model_range(images, 255.0), image_size, channels)
+    return from_arrays(images, labels.reshape(-1), name=name, flip=(name == "cifar10"), num_classes=10)
+
+
+def _folder_help(path: Path) -> str:
+    return (
+        f"To train on CelebA as the seed chapter does: download it from {CELEBA_URL}, unzip it, and pass "
+        "the folder that holds the 202,599 aligned faces (000001.jpg, 000002.jpg, ...), e.g. "
+        f"--data folder:data/img_align_celeba (the Kaggle archive nests them as "
+        "img_align_celeba/img_align_celeba/*.jpg; sub-folders are searched too). "
+        f"Any folder of {', '.join(IMAGE_EXTENSIONS)} files works."
+    )
+
+
+def list_image_files(path) -> list[Path]:
+    """The image files under ``path`` (searched recursively), sorted, or a ``ValueError`` that says what was found.
+
+    Raises for a missing path, a path that is not a folder, an empty folder and a folder with
+    no image files (naming a few of the files it did find); every message says how to get CelebA.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"Image folder {str(path)!r} does not exist (looked at {path.resolve()}). "
+                         + _folder_help(path))
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is a file, not a folder of images. " + _folder_help(path))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"Image folder {str(path)!r} is empty. " + _folder_help(path))
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        examples = ", ".join(str(p.relative_to(path)) for p in files[:3])
+        suffixes = sorted({p.suffix.lower() or "(none)" for p in files})
+        raise ValueError(
+            f"Image folder {str(path)!r} holds {len(files)} file(s) but no images: found {examples}"
+            f"{', ...' if len(files) > 3 else ''} (types {', '.join(suffixes)}). " + _folder_help(path)
+        )
+    return images
+
+
+def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
+    """Up to ``limit`` files that Pillow cannot open and decode, with the reason."""
+    from PIL import Image
+
+    bad = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+        except Exception as error:  # Pillow raises several types for broken files
+            bad.append((Path(file), f"{type(error).__name__}: {error}"))
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def unreadable_error(path, bad, total: int) -> ValueError:
+    """The ``ValueError`` for a folder with unreadable image files."""
+    listed = "; ".join(f"{p} ({reason})" for p, reason in bad)
+    return ValueError(
+        f"Image folder {str(path)!r}: {len(bad)}{'+' if len(bad) >= 5 else ''} of its {total} image file(s) "
+        f"cannot be read: {listed}. Delete or re-download them. " + _folder_help(Path(path))
+    )
+
+
+def load_image_folder(path, image_size: int, channels: int, *, verify: bool | None = None) -> DataSource:
+    """A folder of images (the seed's CelebA path) as a :class:`DataSource`, unlabelled.
+
+    Reads with ``keras.utils.image_dataset_from_directory(label_mode=None)``, in file-name order
+    (shuffling happens in :func:`make_pipeline`), centre-cropped to a square and resized to
+    ``image_size`` (the seed squashed CelebA's 178x218 faces instead), then scaled to [-1, 1].
+    Faces may be flipped. ``verify`` decodes every file with Pillow first (default: when the
+    folder holds at most ``VERIFY_ALL_UP_TO`` images). Bad folders raise ``ValueError`` (see
+    :func:`list_image_files`, :func:`unreadable_error`).
+    """
+    import keras
+
+    path = Path(path).expanduser()
+    files = list_image_files(path)
+    if verify is None:
+        verify = len(files) <= VERIFY_ALL_UP_TO
+    if verify:
+        bad = find_unreadable_images(files)
+        if bad:
+            raise unreadable_error(path, bad, len(files))
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB) for an image folder, got {channels}.")
+    dataset = keras.utils.image_dataset_from_directory(
+        str(path), labels=None, label_mode=None, color_mode="rgb" if channels == 3 else "grayscale",
+        batch_size=None, image_size=(image_size, image_size), shuffle=False,
+        crop_to_aspect_ratio=True, verbose=False,
+    )
+
+    def scale(image):
+        import tensorflow as tf
+
+        image = tf.clip_by_value(tf.cast(image, tf.float32) / 127.5 - 1.0, -1.0, 1.0)
+        return image, tf.constant(-1, tf.int32)
+
+    import tensorflow as tf
+
+    dataset = dataset.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    stats = [(str(p.relative_to(path)), p.stat().st_size) for p in files]
+    return DataSource(
+        name=f"folder:{path}", dataset=dataset, count=len(files), image_shape=(image_size, image_size, channels),
+        num_classes=None, flip=True, fingerprint=_fingerprint(image_size, channels, *stats), files=files,
+    )
+
+
+def load_data(spec, image_size: int, channels: int, *, split: str = "train", seed: int = 0) -> DataSource:
+    """The :class:`DataSource` named by ``spec``.
+
+    ``spec`` is ``"digits"`` (offline, labels 0-9; ``split`` ``"train"``/``"held_out"``/``"all"``,
+    see :func:`load_digits`), ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` (keras.datasets,
+    needs internet), ``"folder:PATH"`` (a folder of images such as CelebA), a DataSource (returned
+    as is), an array of images in [-1, 1] or an ``(images, labels)`` pair. Images are resized to
+    ``image_size`` and converted to ``channels``.
+    """
+    if isinstance(spec, DataSource):
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return from_arrays(_fit_images(np.asarray(spec[0], np.float32), image_size, channels), spec[1])
+    if isinstance(spec, np.ndarray):
+        return from_arrays(_fit_images(spec.astype(np.float32), image_size, channels))
+    if not isinstance(spec, str):
+        raise ValueError(f"Unknown data {type(spec).__name__}: use one of {', '.join(DATASET_NAMES)} or an array.")
+    if spec == "digits":
+        images, labels = load_digits(split, seed=seed)
+        source = from_arrays(_fit_images(images, image_size, channels), labels, name="digits", num_classes=10)
+        return source
+    if spec in KERAS_DATASETS:
+        return load_keras_dataset(spec, image_size, channels, split="held_out" if split == "held_out" else "train")
+    if spec.startswith("folder:"):
+        folder = spec[len("folder:"):]
+        if not folder:
+            raise ValueError("folder: needs a path, e.g. --data folder:data/img_align_celeba. " + _folder_help(Path(".")))
+        return load_image_folder(folder, image_size, channels)
+    raise ValueError(f"Unknown data set {spec!r}. Valid: {', '.join(DATASET_NAMES)}.")
+
+
+def random_flip(images, seed):
+    """Flip each image of a batch left-right with probability 1/2, reproducibly for a given ``seed`` (shape (2,))."""
+    import tensorflow as tf
+
+    return tf.image.stateless_random_flip_left_right(images, seed=seed)
+
+
+def make_pipeline(source: DataSource, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                  augment: bool | None = None, shuffle_buffer: int | None = None):
+    """The batches ``(images, labels)`` of one epoch (one pass over the data), as a ``tf.data.Dataset``.
+
+    The canonical order (chapter "Training", ``sec-training``):
+
+    1. the source's loader has decoded, resized and scaled every image to [-1, 1];
+    2. ``cache()``: that work is done once, in the first epoch (:meth:`DataSource.cached`);
+    3. ``shuffle``: a new order in each epoch, seeded by ``(seed, epoch)``;
+    4. ``batch(drop_remainder=True)``: every batch has ``batch_size`` images (one compiled step);
+    5. augmentation, only where it suits the data (``source.flip``: random horizontal flips of
+       faces; never digits, whose mirror images are not digits), keyed by ``(seed, epoch, batch)``.
+       It comes after the cache on purpose: a random flip before ``cache()`` would be drawn once
+       and then replayed from the cache in every epoch;
+    6. ``prefetch``: the next batch is prepared while the model trains on this one.
+
+    ``shuffle_buffer`` defaults to the whole data set up to 10,000 images. The order depends on
+    ``seed``, ``epoch`` and TensorFlow's global seed (which :func:`ddpm_helpers.training.train`
+    sets to ``seed``), so a resumed run sees the batches an uninterrupted one would.
+    """
+    import tensorflow as tf
+
+    augment = source.flip if augment is None else augment
+    steps_per_epoch = source.steps_per_epoch(batch_size)
+    buffer = shuffle_buffer or min(source.count, 10_000)
+    epoch_seed = int(seed) * 1_000_003 + int(epoch)  # a distinct order for every (seed, epoch)
+    batches = (source.cached()
+               .shuffle(buffer, seed=epoch_seed % (2**31 - 1), reshuffle_each_iteration=False)
+               .batch(batch_size, drop_remainder=True)
+               .take(steps_per_epoch))
+    if augment:
+        def flip(index, batch):
+            images, labels = batch
+            key = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            return random_flip(images, key), labels
+
+        batches = batches.enumerate().map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0, **pipeline_kwargs):
+    """Endless training batches from step ``start_step`` on: epoch after epoch of :func:`make_pipeline`.
+
+    Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so starting at
+    ``start_step`` gives exactly the batches an uninterrupted run sees from there.
+    """
+    steps_per_epoch = source.steps_per_epoch(batch_size)
+    epoch, skip = divmod(int(start_step), steps_per_epoch)
+    while True:
+        dataset = make_pipeline(source, batch_size, seed=seed, epoch=epoch, **pipeline_kwargs)
+        yield from dataset.skip(skip)
+        epoch, skip = epoch + 1, 0
+
+
+def show_batch(images, labels=None, columns: int = 8, **kwargs):
+    """Draw a batch of images in [-1, 1] (with their labels as titles when given) and return the figure."""
+    from ddpm_helpers.plotting import show_image_grid
+
+    images = np.asarray(images)
+    titles = None
+    if labels is not None:
+        labels = np.asarray(labels)[: len(images)]
+        if (labels >= 0).any():
+            titles = [str(int(v)) for v in labels[:columns]]
+    return show_image_grid(images, columns=columns, column_titles=titles, **kwargs)
+
+
+def describe_folder_layout() -> str:
+    """How to get CelebA and where to put it (the text of the folder errors)."""
+    return _folder_help(Path(os.curdir))

@@ -1,0 +1,446 @@
+"""Two-dimensional point clouds: the whole algorithm in seconds (chapter "Diffusion in two dimensions", ``sec-diffusion-2d``).
+
+The 2-D chapter runs exactly the code of the image chapters (the schedule of
+:mod:`ddpm_helpers.schedules`, the training step and EMA of :mod:`ddpm_helpers.training`, the
+samplers of :mod:`ddpm_helpers.sampling`) on points ``x`` of shape (B, 2) instead of images
+(B, H, W, C). This module adds only what is specific to 2-D data:
+
+- :func:`make_toy_data`: three data sets generated in code (no download), with class labels
+  on request (:func:`nearest_gaussian` classifies the eight Gaussians);
+- :func:`build_mlp_denoiser`: a small MLP noise predictor ``model([x_t, t]) -> eps`` (or
+  ``model([x_t, t, label])``) with the U-Net's sinusoidal time embedding;
+- :func:`toy_settings`: the sizes of the 2-D experiments for a profile;
+- :func:`train_toy`: the training loop around :func:`ddpm_helpers.training.make_train_step`;
+- :func:`sliced_wasserstein`, :func:`evaluate_toy`: the quality metric and its data-vs-data floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+TOY_DATASETS = ("two_moons", "swiss_roll", "eight_gaussians")
+TOY_NUM_CLASSES = {"two_moons": 2, "swiss_roll": 3, "eight_gaussians": 8}
+EIGHT_GAUSSIAN_CENTRES = 1.4 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
+
+# Shift and scale that give the two moons mean ~0 and standard deviation ~1 in both coordinates.
+_MOONS_CENTRE = np.array([0.5, 0.25])
+_MOONS_SCALE = np.array([0.87, 0.5])
+_ROLL_CENTRE = np.array([0.28, 0.02])
+
+
+def make_toy_data(name: str, n: int, seed: int = 0, *, labels: bool = False):
+    """``n`` independent points of a named 2-D data set, float32 (n, 2), roughly mean 0 and variance 1.
+
+    - ``"two_moons"``: two interleaved half circles (each point picks a moon at random), noise 0.05;
+      label = the moon (0 upper, 1 lower);
+    - ``"swiss_roll"``: a 2-D spiral; label = which third of the spiral (0 inner ... 2 outer);
+    - ``"eight_gaussians"``: a mixture of 8 small Gaussians on a circle; label = the Gaussian.
+
+    Every point is drawn independently (also which moon or which Gaussian it belongs to), so two
+    draws with different seeds differ the way a perfect generator's samples differ from the data:
+    that is what makes the data-vs-data floor of :func:`evaluate_toy` fair. With ``labels=True``
+    returns ``(points, labels)`` with int32 labels in ``range(TOY_NUM_CLASSES[name])``.
+    Raises ``ValueError`` for an unknown name or a non-positive ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive number of points, got {n!r}.")
+    rng = np.random.default_rng(seed)
+    if name == "two_moons":
+        angle = math.pi * rng.random(n)
+        classes = (rng.random(n) < 0.5).astype(np.int32)
+        points = np.where(classes[:, None] == 0,
+                          np.stack([np.cos(angle), np.sin(angle)], axis=1),
+                          np.stack([1.0 - np.cos(angle), 0.5 - np.sin(angle)], axis=1))
+        points = points + 0.05 * rng.standard_normal((n, 2))
+        points = (points - _MOONS_CENTRE) / _MOONS_SCALE
+    elif name == "swiss_roll":
+        u = rng.random(n)
+        angle = 1.5 * np.pi * (1.0 + 2.0 * u)
+        classes = np.minimum((3 * u).astype(np.int32), 2)
+        points = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / 7.0 - _ROLL_CENTRE
+        points += 0.05 * rng.standard_normal((n, 2))
+    elif name == "eight_gaussians":
+        classes = rng.integers(0, 8, n).astype(np.int32)
+        points = EIGHT_GAUSSIAN_CENTRES[classes] + 0.1 * rng.standard_normal((n, 2))
+    else:
+        raise ValueError(f"Unknown toy data set {name!r}. Valid names: {', '.join(TOY_DATASETS)}.")
+    points = points.astype(np.float32)
+    return (points, classes.astype(np.int32)) if labels else points
+
+
+def nearest_gaussian(points) -> np.ndarray:
+    """The index (int32, (n,)) of the nearest centre of ``"eight_gaussians"``: a perfect classifier for it."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must have shape (n, 2), got {points.shape}.")
+    distances = np.sum((points[:, None, :] - EIGHT_GAUSSIAN_CENTRES[None]) ** 2, axis=-1)
+    return distances.argmin(axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Quality: sliced Wasserstein distance and its floor
+# --------------------------------------------------------------------------------------------
+
+def projection_directions(dim: int, num_projections: int = 256, seed: int = 0) -> np.ndarray:
+    """``num_projections`` random unit vectors in ``dim`` dimensions, as the columns of a (dim, P) array."""
+    if num_projections < 1:
+        raise ValueError(f"num_projections must be at least 1, got {num_projections}.")
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((dim, num_projections))
+    return directions / np.linalg.norm(directions, axis=0, keepdims=True)
+
+
+def _sorted_projections(points, directions) -> np.ndarray:
+    """(P, n): the projections of the points on each direction, sorted (one row per direction)."""
+    return np.sort(directions.T @ np.asarray(points, dtype=np.float64).T, axis=1)
+
+
+def sliced_wasserstein(a, b, num_projections: int = 256, seed: int = 0) -> float:
+    """Sliced Wasserstein-2 distance between two equally sized point clouds (n, d).
+
+    ``SW_2(a, b)^2`` is the mean over random unit directions ``u`` of ``W_2^2`` between the 1-D
+    projections ``a u`` and ``b u``; in one dimension optimal transport pairs the sorted points,
+    so ``W_2^2`` there is the mean squared difference of the sorted projections. Chapter
+    "Diffusion in two dimensions", Eq. (eq-sliced-wasserstein). The directions
+    (:func:`projection_directions`) depend only on ``seed``, so the same ``seed`` gives
+    comparable numbers.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"Need two point clouds of the same shape (n, d); got {a.shape} and {b.shape}.")
+    directions = projection_directions(a.shape[1], num_projections, seed)
+    return float(np.sqrt(np.mean((_sorted_projections(a, directions) - _sorted_projections(b, directions)) ** 2)))
+
+
+@dataclasses.dataclass
+class ToyEvaluation:
+    """Sliced Wasserstein distances of samples to fresh data, beside the data-vs-data floor.
+
+    ``distance`` is the mean over ``repeats`` fresh data sets of the distance samples <-> data;
+    ``floor`` the mean distance between two fresh data sets of the same size ``n`` (what a
+    perfect generator would score) and ``floor_std`` its spread; ``ratio = distance / floor``.
+    """
+
+    name: str
+    n: int
+    distance: float
+    floor: float
+    floor_std: float
+    ratio: float
+    distances: list
+    floors: list
+
+    def summary(self) -> str:
+        return (f"{self.name}: sliced Wasserstein {self.distance:.4f} | floor (data vs data) "
+                f"{self.floor:.4f} +- {self.floor_std:.4f} | ratio {self.ratio:.2f} | n = {self.n}")
+
+
+def evaluate_toy(samples, name: str, *, repeats: int = 5, seed: int = 10_000) -> ToyEvaluation:
+    """Score ``samples`` (n, 2) of data set ``name`` against ``repeats`` fresh draws of the same size.
+
+    Fresh data sets use seeds ``seed, seed + 1, ...`` (far from the seeds used for training), the
+    floor compares pairs of them; every distance is :func:`sliced_wasserstein` with its default
+    projections.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] != 2:
+        raise ValueError(f"samples must have shape (n, 2), got {samples.shape}.")
+    if not np.all(np.isfinite(samples)):
+        raise ValueError(f"samples hold {int(np.sum(~np.isfinite(samples)))} NaN/inf values: training diverged.")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    n = len(samples)
+    directions = projection_directions(2)  # those of sliced_wasserstein's default seed
+
+    def distance(sorted_a, sorted_b):
+        return float(np.sqrt(np.mean((sorted_a - sorted_b) ** 2)))
+
+    projected = _sorted_projections(samples, directions)
+    distances, floors = [], []
+    for r in range(repeats):
+        fresh = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r), directions)
+        other = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r + 1), directions)
+        distances.append(distance(projected, fresh))
+        floors.append(distance(other, fresh))
+    distance, floor = float(np.mean(distances)), float(np.mean(floors))
+    return ToyEvaluation(name=name, n=n, distance=distance, floor=floor, floor_std=float(np.std(floors)),
+                         ratio=distance / floor, distances=distances, floors=floors)
+
+
+# --------------------------------------------------------------------------------------------
+# The denoiser
+# --------------------------------------------------------------------------------------------
+
+def build_mlp_denoiser(hidden: int = 64, depth: int = 3, time_embedding_dim: int = 64, *, data_dim: int = 2,
+                       num_classes: int | None = None, name: str = "mlp_denoiser"):
+    """A small MLP that predicts the noise of a point: ``model([x_t, t]) -> eps`` of shape (B, data_dim).
+
+    The time index ``t`` (int32, (B,)) goes through the U-Net's sinusoidal time embedding
+    (:class:`ddpm_helpers.unet.SinusoidalTimeEmbedding`) and a two-layer MLP; ``x_t`` through a
+    dense layer. ``depth`` residual blocks follow, each adding a projection of the time embedding
+    before two SiLU dense layers. With ``num_classes``, the model takes ``[x_t, t, label]`` and adds
+    a learned embedding of the label, whose row ``num_classes`` is the null label (no condition,
+    for classifier-free guidance). Chapter "Diffusion in two dimensions".
+    """
+    import keras
+    from keras import layers
+
+    from ddpm_helpers.unet import SinusoidalTimeEmbedding
+
+    for field, value in (("hidden", hidden), ("depth", depth), ("time_embedding_dim", time_embedding_dim),
+                         ("data_dim", data_dim)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+    if time_embedding_dim % 2:
+        raise ValueError(f"time_embedding_dim must be even (sines and cosines), got {time_embedding_dim}.")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+
+    x_in = keras.Input(shape=(data_dim,), name="x_t")
+    t_in = keras.Input(shape=(), dtype="int32", name="t")
+    inputs = [x_in, t_in]
+    embedding = SinusoidalTimeEmbedding(time_embedding_dim)(t_in)
+    embedding = layers.Dense(hidden, activation="silu")(embedding)
+    embedding = layers.Dense(hidden)(embedding)
+    if num_classes:
+        label_in = keras.Input(shape=(), dtype="int32", name="label")
+        inputs.append(label_in)
+        label_embedding = layers.Embedding(int(num_classes) + 1, hidden, name="label_embedding")(label_in)
+        embedding = layers.Add()([embedding, label_embedding])
+    h = layers.Dense(hidden)(x_in)
+    for _ in range(depth):
+        r = layers.Add()([h, layers.Dense(hidden)(embedding)])
+        r = layers.Dense(hidden, activation="silu")(layers.Activation("silu")(r))
+        r = layers.Dense(hidden)(r)
+        h = layers.Add()([h, r])
+    h = layers.Activation("silu")(layers.LayerNormalization()(h))
+    return keras.Model(inputs, layers.Dense(data_dim, name="eps")(h), name=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes and training
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ToySettings:
+    """Sizes of the 2-D experiments (chosen per profile by :func:`toy_settings`)."""
+
+    dataset: str
+    train_points: int
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    hidden: int
+    depth: int
+    time_embedding_dim: int
+    ema_decay: float
+    num_samples: int
+    exercise_steps: int  # training steps of each exercise variant in "Your turn"
+    exercise_samples: int
+    frames: int  # snapshots of the reverse process kept for the trajectories and the animation
+    seed: int = 0
+
+    def replace(self, **changes) -> "ToySettings":
+        return dataclasses.replace(self, **changes)
+
+
+TOY_SETTINGS = {
+    "smoke": ToySettings(dataset="two_moons", train_points=2_000, train_steps=60, batch_size=128,
+                         learning_rate=3e-3, hidden=32, depth=1, time_embedding_dim=16, ema_decay=0.9,
+                         num_samples=200, exercise_steps=30, exercise_samples=200, frames=11),
+    "default": ToySettings(dataset="two_moons", train_points=20_000, train_steps=3_000, batch_size=512,
+                           learning_rate=1e-2, hidden=64, depth=3, time_embedding_dim=64, ema_decay=0.995,
+                           num_samples=2_000, exercise_steps=1_000, exercise_samples=2_000, frames=61),
+}
+
+
+def toy_settings(profile) -> ToySettings:
+    """The 2-D sizes for a profile (by name; profiles other than ``smoke`` use ``default``'s)."""
+    name = getattr(profile, "name", profile)
+    settings = TOY_SETTINGS.get(name, TOY_SETTINGS["default"])
+    return settings.replace(seed=int(getattr(profile, "seed", 0)))
+
+
+@dataclasses.dataclass
+class ToyRun:
+    """A trained 2-D denoiser: last weights (``model``), their EMA (``ema_model``, for sampling).
+
+    ``ema`` is the object whose ``update()`` the training step called (an
+    :class:`~ddpm_helpers.training.ExponentialMovingAverage`, or what ``make_ema`` returned).
+    """
+
+    model: object
+    ema_model: object
+    schedule: object
+    history: dict
+    seconds: float
+    steps: int
+    data: np.ndarray
+    ema: object = None
+
+    def __repr__(self) -> str:
+        return f"ToyRun({self.steps} steps in {self.seconds:.1f} s, final running loss {self.history['running_loss'][-1]:.4f})"
+
+
+def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rate: float = 3e-3,
+              loss: str = "mse", ema_decay: float = 0.995, seed: int = 0, build_model=None,
+              lr_schedule: str = "cosine", make_ema=None, progress: bool = True, loss_fn=None,
+              labels=None, num_classes: int | None = None, label_dropout: float = 0.0) -> ToyRun:
+    """Train a 2-D denoiser on the points ``data`` (N, 2) with the book's training step.
+
+    Each step draws a batch of points at random (seeded by ``seed``) and calls the step of
+    :func:`ddpm_helpers.training.make_train_step`: t and the noise, ``q_sample``, the loss
+    (``loss``: ``"mse"`` or ``"huber"``, or any ``loss_fn(noise, predicted)``), Adam with the
+    ``lr_schedule`` of :func:`ddpm_helpers.training.make_learning_rate`, the EMA update.
+    ``build_model()`` returns a fresh Keras model (default: :func:`build_mlp_denoiser`); it is
+    called twice, for the trained and the EMA weights. ``make_ema(model, ema_model)`` replaces
+    the default :class:`~ddpm_helpers.training.ExponentialMovingAverage` (decay ``ema_decay``)
+    by any object with an ``update()`` method that the step calls (e.g. several averages at once);
+    it should keep an average in ``ema_model``, which the result returns as its ``ema_model``. With ``labels`` (N,) and ``num_classes`` the model is
+    class-conditional and labels are dropped to the null label with probability ``label_dropout``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from ddpm_helpers.diffusion import diffusion_loss
+    from ddpm_helpers.training import RUNNING_LOSS_DECAY, ExponentialMovingAverage, make_learning_rate, make_train_step
+
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"data must be points of shape (N, D), got {data.shape}.")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int32)
+        if labels.shape != (len(data),):
+            raise ValueError(f"labels must have shape ({len(data)},), got {labels.shape}.")
+        if not num_classes:
+            raise ValueError("labels need num_classes (the number of classes; num_classes is the null label).")
+    elif num_classes:
+        raise ValueError("A conditional model (num_classes) needs labels for the data.")
+    if build_model is None:
+        def build_model():
+            return build_mlp_denoiser(data_dim=data.shape[1], num_classes=num_classes)
+
+    keras.utils.set_random_seed(seed)
+    model, ema_model = build_model(), build_model()
+    if make_ema is None:
+        ema = ExponentialMovingAverage(model, ema_model, ema_decay)
+        ema.reset()
+    else:
+        ema = make_ema(model, ema_model)
+    optimizer = keras.optimizers.Adam(make_learning_rate(lr_schedule, learning_rate, steps))
+    loss_fn = loss_fn or diffusion_loss(loss)
+    train_step = make_train_step(model, optimizer, schedule, loss_fn, ema=ema, seed=seed,
+                                 num_classes=num_classes, label_dropout=label_dropout)
+    rng = np.random.default_rng(seed)
+    bar = keras.utils.Progbar(steps, unit_name="step", interval=10.0,
+                              stateful_metrics=["loss"]) if progress else None
+    history = {"step": [], "loss": [], "running_loss": []}
+    running = None
+    no_labels = tf.zeros([batch_size], tf.int32)
+    began = time.perf_counter()
+    for step in range(steps):
+        index = rng.integers(0, len(data), batch_size)
+        batch_labels = no_labels if labels is None else tf.constant(labels[index])
+        value = float(train_step(tf.constant(data[index]), batch_labels, tf.constant(step, tf.int64)))
+        if not math.isfinite(value):
+            raise FloatingPointError(f"The loss became {value} at step {step + 1}: lower the learning rate.")
+        running = value if running is None else RUNNING_LOSS_DECAY * running + (1 - RUNNING_LOSS_DECAY) * value
+        history["step"].append(step + 1)
+        history["loss"].append(value)
+        history["running_loss"].append(running)
+        if bar is not None:
+            bar.update(step + 1, [("loss", running)], finalize=step + 1 == steps)
+    return ToyRun(model=model, ema_model=ema_model, schedule=schedule, history=history,
+                  seconds=time.perf_counter() - began, steps=int(steps), data=data, ema=ema)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling points: the sampler's x_0 clipping, for a box instead of the pixel range
+# --------------------------------------------------------------------------------------------
+
+X0_LIMIT = 3.0  # every toy data set lies well inside [-3, 3]^2
+
+
+def clipped_noise_predictor(model_or_fn, schedule, limit: float = X0_LIMIT):
+    """A noise predictor whose guess of x_0 is clipped to [-limit, limit] (for points, not pixels).
+
+    The samplers of :mod:`ddpm_helpers.sampling` clip their guess of x_0 to the pixel range
+    [-1, 1] (``clip_x0=True``); 2-D points are not confined to it. This wrapper clips the guess
+    x0 = predict_x0_from_noise(x_t, t, eps) to a wider box and returns the noise that matches the
+    clipped guess (``predict_noise_from_x0``), which is exactly what the sampler does with its own
+    clipping. Use it with ``clip_x0=False``. Chapter "Diffusion in two dimensions".
+    """
+    import tensorflow as tf
+
+    from ddpm_helpers.diffusion import predict_noise_from_x0, predict_x0_from_noise
+    from ddpm_helpers.sampling import as_noise_predictor
+
+    if not limit > 0:
+        raise ValueError(f"limit must be positive (the half-width of the box for x_0), got {limit!r}.")
+    predict = as_noise_predictor(model_or_fn)
+    limit = float(limit)
+
+    def predict_noise(x, t, labels=None):
+        eps = predict(x, t, labels)
+        x0 = tf.clip_by_value(predict_x0_from_noise(schedule, x, t, eps), -limit, limit)
+        return predict_noise_from_x0(schedule, x, t, x0)
+
+    predict_noise._is_noise_predictor = True
+    predict_noise.conditional = getattr(predict, "conditional", False)
+    predict_noise.limit = limit
+    return predict_noise
+
+
+# --------------------------------------------------------------------------------------------
+# Animation of the reverse process
+# --------------------------------------------------------------------------------------------
+
+def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size: float = 3.2, limit: float = 3.0,
+                    interval: int = 100, hold: int = 10, title: str = "t = {t}"):
+    """A ``matplotlib.animation.FuncAnimation`` of a point cloud through the reverse process.
+
+    ``snapshots``: (K, N, 2), e.g. ``SampleResult.snapshots`` of a 2-D sampler called with
+    ``snapshots=K``; ``times``: the K time labels (``SampleResult.snapshot_times``); ``data``:
+    points drawn in light grey behind the cloud; the first ``count`` points are animated;
+    ``hold``: extra frames showing the final cloud. Returns ``(animation, figure)``: render it
+    with ``animation.to_jshtml()`` (or save it as a GIF), then close the figure so it is not
+    drawn a second time. Chapter "Diffusion in two dimensions".
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    snapshots = np.asarray(snapshots)
+    if snapshots.ndim != 3 or snapshots.shape[-1] != 2:
+        raise ValueError(f"snapshots must have shape (K, N, 2), got {snapshots.shape}; sample with snapshots=K.")
+    frames_total = snapshots.shape[0]
+    if times is not None and len(times) != frames_total:
+        raise ValueError(f"Got {len(times)} times for {frames_total} snapshots.")
+    cloud = snapshots[:, :count]
+    fig, ax = plt.subplots(figsize=(size, size))
+    if data is not None:
+        ax.scatter(*np.asarray(data)[:2000].T, s=2, color="0.85", zorder=0)
+    points = ax.scatter(*cloud[0].T, s=3, color="C0", zorder=1)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    heading = ax.set_title(title.format(t=times[0]) if times is not None else "", fontsize="small")
+    fig.tight_layout()  # after the title is set, so that the layout leaves room for it
+
+    def draw(frame):
+        k = min(frame, frames_total - 1)
+        points.set_offsets(cloud[k])
+        if times is not None:
+            heading.set_text(title.format(t=times[k]))
+        return points, heading
+
+    anim = animation.FuncAnimation(fig, draw, frames=frames_total + hold, interval=interval, blit=False)
+    return anim, fig

@@ -1,0 +1,177 @@
+"""Tests of ddpm_helpers.data: the digits, image folders (good and bad) and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddpm_helpers import data
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _write_pngs(folder, count, size=(20, 16), mode="RGB", seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    channels = 3 if mode == "RGB" else 1
+    for index in range(count):
+        pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+        Image.fromarray(pixels if channels == 3 else pixels[..., 0], mode=mode).save(folder / f"{index:06d}.png")
+    return folder
+
+
+def _all(dataset):
+    return [tuple(np.asarray(part) for part in element) for element in dataset]
+
+
+def test_digits_source_has_labels_range_and_split():
+    source = data.load_data("digits", image_size=8, channels=1)
+    images, labels = data.load_digits("train")
+    held_images, _ = data.load_digits("held_out")
+    assert source.count == len(images) == 1437 and len(held_images) == 360
+    assert source.image_shape == (8, 8, 1) and source.num_classes == 10
+    assert source.flip is False  # never mirror digits
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    first_image, first_label = next(iter(source.dataset))
+    np.testing.assert_array_equal(first_image.numpy(), images[0])
+    assert int(first_label) == labels[0]
+
+
+def test_digits_resized_to_another_profile_size():
+    source = data.load_data("digits", image_size=16, channels=3)
+    image, _ = next(iter(source.dataset))
+    assert image.shape == (16, 16, 3)
+    assert -1.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
+
+
+def test_generated_png_folder_loads_with_right_shape_and_range(tmp_path):
+    folder = _write_pngs(tmp_path / "faces", 7)
+    source = data.load_data(f"folder:{folder}", image_size=8, channels=3)
+    assert source.count == 7 and source.flip is True and source.num_classes is None
+    elements = _all(source.dataset)
+    assert len(elements) == 7
+    for image, label in elements:
+        assert image.shape == (8, 8, 3) and image.dtype == np.float32
+        assert image.min() >= -1.0 and image.max() <= 1.0
+        assert label == -1
+    # the values use the whole range (random pixels): scaling is 0..255 -> -1..1, not 0..1
+    stacked = np.stack([image for image, _ in elements])
+    assert stacked.min() < -0.5 and stacked.max() > 0.5
+    grey = data.load_image_folder(folder, image_size=4, channels=1)
+    assert next(iter(grey.dataset))[0].shape == (4, 4, 1)
+
+
+def test_folder_in_subfolder_is_found(tmp_path):
+    _write_pngs(tmp_path / "img_align_celeba" / "img_align_celeba", 3)  # the Kaggle archive's layout
+    assert data.load_image_folder(tmp_path / "img_align_celeba", 8, 3).count == 3
+
+
+def test_missing_folder_says_where_to_get_celeba(tmp_path):
+    with pytest.raises(ValueError, match="does not exist") as error:
+        data.load_data(f"folder:{tmp_path / 'nowhere'}", 8, 3)
+    assert data.CELEBA_URL in str(error.value) and "img_align_celeba" in str(error.value)
+
+
+def test_file_instead_of_folder(tmp_path):
+    path = tmp_path / "faces.zip"
+    path.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        data.load_image_folder(path, 8, 3)
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is empty") as error:
+        data.load_image_folder(tmp_path / "empty", 8, 3)
+    assert data.CELEBA_URL in str(error.value)
+
+
+def test_folder_without_images_names_what_it_found(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "list_attr_celeba.csv").write_text("a,b\n")
+    (folder / "README.txt").write_text("hello")
+    with pytest.raises(ValueError, match="no images") as error:
+        data.load_image_folder(folder, 8, 3)
+    assert "list_attr_celeba.csv" in str(error.value) and ".csv" in str(error.value)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    folder = _write_pngs(tmp_path / "faces", 3)
+    (folder / "000099.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(ValueError, match="cannot be read") as error:
+        data.load_image_folder(folder, 8, 3)
+    assert "000099.jpg" in str(error.value)
+
+
+def test_unknown_data_set_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="digits"):
+        data.load_data("imagenet", 8, 1)
+
+
+def test_arrays_outside_model_range_are_rejected():
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        data.from_arrays(np.full((4, 8, 8, 1), 16.0, np.float32))
+
+
+def _toy_source(count=10, flip=False):
+    # image i is filled with the value i / count (so images can be identified), left half brighter
+    images = np.zeros((count, 4, 4, 1), np.float32)
+    for i in range(count):
+        images[i] = i / count
+        images[i, :, :2] += 0.05
+    return data.from_arrays(images, np.arange(count) % 3, flip=flip), images
+
+
+def test_pipeline_batches_are_full_shuffled_and_reproducible():
+    source, images = _toy_source(10)
+    batches = _all(data.make_pipeline(source, 4, seed=1, epoch=0))
+    assert [b[0].shape for b in batches] == [(4, 4, 4, 1)] * 2  # 10 // 4 batches, remainder dropped
+    again = _all(data.make_pipeline(source, 4, seed=1, epoch=0))
+    for (x, y), (x2, y2) in zip(batches, again):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+
+    def order(batches):  # which image (value i / 10 in its right half) sits where
+        return tuple(int(round(v * 10)) for x, _ in batches for v in x[:, 0, 3, 0])
+
+    assert len(set(order(batches))) == 8  # 8 distinct images: no repeats within an epoch
+    epochs = {order(_all(data.make_pipeline(source, 4, seed=1, epoch=e))) for e in range(5)}
+    assert len(epochs) > 1  # a new order each epoch
+    assert order(batches) != order(_all(data.make_pipeline(source, 4, seed=2, epoch=0)))  # seed matters
+
+
+def test_digits_are_never_flipped_but_faces_are():
+    source, images = _toy_source(8, flip=False)
+    for epoch in range(3):
+        for x, _ in _all(data.make_pipeline(source, 4, seed=0, epoch=epoch)):
+            assert np.all(x[:, :, :2] > x[:, :, 2:])  # left half still brighter
+    flipped_source, _ = _toy_source(8, flip=True)
+    seen_flip = False
+    patterns = set()
+    for epoch in range(3):
+        for x, _ in _all(data.make_pipeline(flipped_source, 4, seed=0, epoch=epoch)):
+            flipped = x[:, 0, 0, 0] < x[:, 0, 3, 0]
+            seen_flip |= bool(flipped.any())
+            patterns.add(tuple(flipped))
+    assert seen_flip and len(patterns) > 1  # flips drawn afresh per batch and epoch, not cached
+
+
+def test_iterate_batches_resumes_at_any_step_across_epochs():
+    source, _ = _toy_source(10, flip=True)
+    straight = data.iterate_batches(source, 4, seed=3)
+    reference = [next(straight) for _ in range(7)]  # 2 batches per epoch: crosses 3 epoch boundaries
+    for start in (0, 1, 2, 5):
+        resumed = data.iterate_batches(source, 4, seed=3, start_step=start)
+        for expected in reference[start:]:
+            x, y = next(resumed)
+            np.testing.assert_array_equal(x.numpy(), expected[0].numpy())
+            np.testing.assert_array_equal(y.numpy(), expected[1].numpy())
+
+
+def test_too_few_images_for_one_batch():
+    source, _ = _toy_source(3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        source.steps_per_epoch(4)

@@ -1,0 +1,265 @@
+"""Tests of ddpm_helpers.sampling, driven by the closed-form optimal noise predictor of Gaussian data.
+
+For data x_0 ~ N(mu, sigma^2) (each pixel independent), x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps is
+Gaussian too and the best noise prediction is E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) mu) /
+(ab sigma^2 + 1 - ab). Every sampler step is then affine in x plus Gaussian noise, so the exact
+mean and variance of what a sampler returns follow from a float64 recursion written here from
+the papers' formulas (independently of the package). The samplers must match it within
+Monte-Carlo error, and the fine-grained ones must give back mu and sigma^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddpm_helpers import sampling
+from ddpm_helpers.schedules import make_schedule
+
+MU, SIGMA2 = 0.3, 0.25
+SHAPE = (2000, 2, 2, 2)  # 16,000 independent scalar samples
+N_SCALARS = int(np.prod(SHAPE))
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return make_schedule("linear", 1000)
+
+
+@pytest.fixture(scope="module")
+def small_schedule():
+    return make_schedule("cosine", 20)
+
+
+def oracle_for(schedule):
+    def predict_noise(x, t):
+        ab = schedule.gather("alpha_bars", t, ndim=x.shape.rank)
+        return tf.sqrt(1.0 - ab) * (x - tf.sqrt(ab) * MU) / (ab * SIGMA2 + 1.0 - ab)
+
+    return predict_noise
+
+
+@pytest.fixture(scope="module")
+def oracle(schedule):
+    return oracle_for(schedule)
+
+
+# ---- exact moments (float64 NumPy, from the papers' formulas) ----
+
+def _oracle_eps(x, ab):
+    return np.sqrt(1 - ab) * (x - np.sqrt(ab) * MU) / (ab * SIGMA2 + 1 - ab)
+
+
+def _affine(f):
+    b = f(0.0)
+    return f(1.0) - b, b
+
+
+def exact_ddpm(betas, variance="beta_tilde"):
+    ab = np.cumprod(1 - betas)
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    mean, var = 0.0, 1.0
+    for i in range(len(betas) - 1, -1, -1):
+        def step(x):
+            x0 = (x - np.sqrt(1 - ab[i]) * _oracle_eps(x, ab[i])) / np.sqrt(ab[i])
+            return (betas[i] * np.sqrt(ab_prev[i]) / (1 - ab[i]) * x0
+                    + (1 - ab_prev[i]) * np.sqrt(1 - betas[i]) / (1 - ab[i]) * x)
+
+        a, b = _affine(step)
+        noise = betas[i] * (1 - ab_prev[i]) / (1 - ab[i]) if variance == "beta_tilde" else betas[i]
+        mean, var = a * mean + b, a * a * var + (noise if i > 0 else 0.0)
+    return mean, var
+
+
+def exact_ddim(betas, steps, eta):
+    T = len(betas)
+    ab = np.cumprod(1 - betas)
+    taus = np.round(np.linspace(0, T - 1, steps)).astype(int) if steps > 1 else np.array([T - 1])
+    mean, var = 0.0, 1.0
+    for k in range(len(taus) - 1, -1, -1):
+        a_t = ab[taus[k]]
+        a_prev = ab[taus[k - 1]] if k > 0 else 1.0
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a_t)) * np.sqrt(1 - a_t / a_prev)
+
+        def step(x):
+            eps = _oracle_eps(x, a_t)
+            x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+            return np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma**2) * eps
+
+        a, b = _affine(step)
+        mean, var = a * mean + b, a * a * var + sigma**2
+    return mean, var
+
+
+def assert_moments(images, mean, var, what):
+    """Sample mean and variance within 4.5 standard errors of (mean, var)."""
+    m, v = float(np.mean(images)), float(np.var(images))
+    se_mean, se_var = np.sqrt(var / N_SCALARS), var * np.sqrt(2.0 / N_SCALARS)
+    assert abs(m - mean) < 4.5 * se_mean, f"{what}: mean {m:.4f}, expected {mean:.4f} +- {se_mean:.4f}"
+    assert abs(v - var) < 4.5 * se_var, f"{what}: variance {v:.4f}, expected {var:.4f} +- {se_var:.4f}"
+
+
+def test_exact_recursion_is_sane(schedule):
+    # Fine samplers end close to the data distribution, coarse deterministic DDIM shrinks the variance.
+    m, v = exact_ddpm(schedule.betas, "beta")
+    assert abs(m - MU) < 1e-3 and abs(v - SIGMA2) < 0.01
+    m, v = exact_ddim(schedule.betas, 1000, 0.0)
+    assert abs(m - MU) < 2e-3 and abs(v - SIGMA2) < 0.01
+    assert exact_ddim(schedule.betas, 10, 0.0)[1] < 0.6 * SIGMA2
+
+
+@pytest.mark.parametrize("variance", ["beta_tilde", "beta"])
+def test_ddpm_oracle_matches_exact_and_data(schedule, oracle, variance):
+    result = sampling.ddpm_sample(oracle, schedule, SHAPE, seed=3, clip_x0=False, variance=variance)
+    assert result.images.shape == SHAPE and result.model_calls == 1000
+    assert_moments(result.images, *exact_ddpm(schedule.betas, variance), f"DDPM {variance}")
+    assert_moments(result.images, MU, SIGMA2, f"DDPM {variance} vs the data")
+
+
+@pytest.mark.parametrize("steps,eta", [(1000, 0.0), (1000, 1.0), (100, 0.5), (50, 1.0), (20, 0.0), (10, 0.0), (10, 1.0)])
+def test_ddim_oracle_matches_exact(schedule, oracle, steps, eta):
+    result = sampling.ddim_sample(oracle, schedule, SHAPE, steps=steps, eta=eta, seed=4, clip_x0=False)
+    assert result.model_calls == steps
+    assert_moments(result.images, *exact_ddim(schedule.betas, steps, eta), f"DDIM {steps} steps, eta {eta}")
+    if steps == 1000:  # as fine as DDPM: back to the data distribution
+        assert_moments(result.images, MU, SIGMA2, f"DDIM {steps} steps, eta {eta} vs the data")
+
+
+def test_ddim_eta1_all_steps_is_ddpm(schedule, oracle):
+    # With eta = 1 on every step, DDIM's sigma is sqrt(beta_tilde) and its mean the posterior mean.
+    x_T = np.random.default_rng(0).standard_normal((8, 2, 2, 1)).astype(np.float32)
+    ddpm = sampling.ddpm_sample(oracle, schedule, x_T.shape, x_T=x_T, seed=7)
+    ddim = sampling.ddim_sample(oracle, schedule, x_T.shape, x_T=x_T, steps=1000, eta=1.0, seed=7)
+    np.testing.assert_allclose(ddim.images, ddpm.images, atol=2e-4)
+
+
+def test_ddim_eta0_is_deterministic(small_schedule):
+    oracle = oracle_for(small_schedule)
+    x_T = np.random.default_rng(1).standard_normal((4, 2, 2, 1)).astype(np.float32)
+    a = sampling.ddim_sample(oracle, small_schedule, x_T.shape, x_T=x_T, steps=7, eta=0.0, seed=1).images
+    b = sampling.ddim_sample(oracle, small_schedule, x_T.shape, x_T=x_T, steps=7, eta=0.0, seed=2).images
+    np.testing.assert_array_equal(a, b)
+    c = sampling.ddim_sample(oracle, small_schedule, x_T.shape, x_T=x_T, steps=7, eta=0.5, seed=2).images
+    assert np.abs(a - c).max() > 1e-3  # with eta > 0 the seed matters
+
+
+def test_fixed_seed_reproduces_and_chunking_does_not_matter(small_schedule):
+    oracle = oracle_for(small_schedule)
+    shape = (6, 2, 2, 1)
+    a = sampling.ddpm_sample(oracle, small_schedule, shape, seed=5).images
+    b = sampling.ddpm_sample(oracle, small_schedule, shape, seed=5, progress=True, snapshots=4).images
+    c = sampling.ddpm_sample(oracle, small_schedule, shape, seed=6).images
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    d = sampling.ddim_sample(oracle, small_schedule, shape, steps=5, eta=1.0, seed=5).images
+    e = sampling.ddim_sample(oracle, small_schedule, shape, steps=5, eta=1.0, seed=5, snapshots=3).images
+    np.testing.assert_array_equal(d, e)
+
+
+@pytest.mark.parametrize("sampler,steps,count", [("ddpm", 20, 5), ("ddpm", 20, 21), ("ddim", 7, 3), ("ddim", 7, 8)])
+def test_snapshots_count_times_and_memory(small_schedule, sampler, steps, count):
+    oracle = oracle_for(small_schedule)
+    shape = (3, 2, 2, 1)
+    if sampler == "ddpm":
+        result = sampling.ddpm_sample(oracle, small_schedule, shape, seed=0, snapshots=count)
+    else:
+        result = sampling.ddim_sample(oracle, small_schedule, shape, steps=steps, seed=0, snapshots=count)
+    assert result.snapshots.shape == (count,) + shape
+    assert result.snapshots.nbytes == count * result.images.nbytes  # memory grows with snapshots only
+    assert len(result.snapshot_times) == count
+    assert result.snapshot_times[0] == small_schedule.timesteps and result.snapshot_times[-1] == 0
+    assert list(result.snapshot_times) == sorted(result.snapshot_times, reverse=True)
+    np.testing.assert_array_equal(result.snapshots[-1], result.images)
+    np.testing.assert_allclose(result.snapshots[0], sampling.step_noise(0, 0, 20, shape, 20).numpy())
+    assert sampling.ddpm_sample(oracle, small_schedule, shape).snapshots is None
+
+
+def test_too_many_snapshots_is_an_error(small_schedule):
+    with pytest.raises(ValueError, match="at most 8"):
+        sampling.ddim_sample(oracle_for(small_schedule), small_schedule, (2, 2, 2, 1), steps=7, snapshots=9)
+
+
+def test_last_ddpm_step_adds_no_noise(small_schedule):
+    oracle = oracle_for(small_schedule)
+    T = small_schedule.timesteps
+    shape = (5, 2, 2, 1)
+    result = sampling.ddpm_sample(oracle, small_schedule, shape, seed=2, snapshots=T + 1)
+    assert result.snapshot_times[-2] == 1  # x_1, the input of the last step
+    x1 = tf.constant(result.snapshots[-2])
+    t0 = tf.zeros([shape[0]], tf.int32)
+    mean, _, _, _ = sampling.p_mean_variance(small_schedule, sampling.as_noise_predictor(oracle), x1, t0)
+    np.testing.assert_allclose(result.images, mean.numpy(), atol=1e-6)
+    # ... and p_sample at t = 0 ignores its noise, while t = 1 does not.
+    big = tf.fill(x1.shape, 5.0)
+    step0 = sampling.p_sample(small_schedule, sampling.as_noise_predictor(oracle), x1, t0, big)
+    np.testing.assert_allclose(step0.numpy(), mean.numpy(), atol=1e-6)
+    step1 = sampling.p_sample(small_schedule, sampling.as_noise_predictor(oracle), x1, t0 + 1, big)
+    mean1, _, _, _ = sampling.p_mean_variance(small_schedule, sampling.as_noise_predictor(oracle), x1, t0 + 1)
+    assert np.abs(step1.numpy() - mean1.numpy()).min() > 0.1
+
+
+def test_batches_and_labels_pass_through(small_schedule):
+    seen = []
+
+    def predict_noise(x, t, labels):
+        seen.append(labels)
+        return tf.zeros_like(x) + tf.reshape(tf.cast(labels, tf.float32), [-1, 1, 1, 1]) * 0.0
+
+    labels = np.array([0, 1, 2, 3, 4], dtype=np.int32)
+    result = sampling.sample(predict_noise, small_schedule, 5, (2, 2, 1), sampler="ddim", steps=4, labels=labels,
+                             batch_size=2)
+    assert result.images.shape == (5, 2, 2, 1)
+    np.testing.assert_array_equal(result.labels, labels)
+    assert seen and all(s is not None for s in seen)
+
+
+def test_keras_models_conditional_and_guidance(small_schedule):
+    import keras
+
+    x_in = keras.Input((2, 2, 1))
+    t_in = keras.Input((), dtype="int32")
+    y_in = keras.Input((), dtype="int32")
+    shift = keras.layers.Embedding(4, 1)(y_in)  # (B, 1)
+    out = keras.layers.Lambda(lambda v: v[0] * 0.0 + keras.ops.reshape(v[1], (-1, 1, 1, 1)))([x_in, shift])
+    model = keras.Model([x_in, t_in, y_in], out)
+    x = tf.zeros((3, 2, 2, 1))
+    t = tf.constant([1, 1, 1])
+    labels = tf.constant([0, 1, 2])
+    cond = sampling.as_noise_predictor(model)(x, t, labels).numpy()
+    uncond = sampling.as_noise_predictor(model)(x, t, tf.constant([3, 3, 3])).numpy()
+    for w, expected in [(0.0, uncond), (1.0, cond), (3.0, uncond + 3.0 * (cond - uncond))]:
+        guided = sampling.classifier_free_guidance(model, w, null_label=3)(x, t, labels).numpy()
+        np.testing.assert_allclose(guided, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        sampling.ddpm_sample(model, small_schedule, (3, 2, 2, 1))
+    result = sampling.ddim_sample(sampling.classifier_free_guidance(model, 2.0, 3), small_schedule, (3, 2, 2, 1),
+                                  steps=3, labels=[0, 1, 2])
+    assert np.all(np.isfinite(result.images))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(sampler="ddim", steps=0), "between 1 and T"),
+    (dict(sampler="ddim", steps=21), "between 1 and T"),
+    (dict(sampler="ddim", steps=5, eta=1.5), "eta must lie in"),
+    (dict(sampler="ddpm", steps=5), "DDPM always runs all T"),
+    (dict(sampler="euler"), "Unknown sampler"),
+    (dict(sampler="ddpm", variance="big"), "Unknown variance"),
+    (dict(sampler="ddpm", labels=[1, 2]), "labels must be integers of shape"),
+])
+def test_bad_arguments(small_schedule, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sampling.sample(oracle_for(small_schedule), small_schedule, 3, (2, 2, 1), **kwargs)
+
+
+def test_eager_loop_matches_compiled(small_schedule):
+    oracle = oracle_for(small_schedule)
+    shape = (4, 2, 2, 1)
+    compiled = sampling.ddpm_sample(oracle, small_schedule, shape, seed=9).images
+    eager = sampling.ddpm_sample_eager(oracle, small_schedule, shape, seed=9)
+    np.testing.assert_allclose(eager, compiled, atol=1e-5)
+
+
+def test_default_labels():
+    assert sampling.default_labels(5, None) is None
+    np.testing.assert_array_equal(sampling.default_labels(12, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])

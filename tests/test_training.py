@@ -1,0 +1,239 @@
+"""Tests of ddpm_helpers.training: learning rate, EMA, training, checkpoints, resume, runs and the CLI.
+
+The runs use the smoke profile on a tiny slice of the digits, so that each trains in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from ddpm_helpers import get_profile, training  # noqa: E402
+from ddpm_helpers.__main__ import build_parser, main  # noqa: E402
+from ddpm_helpers.data import load_digits  # noqa: E402
+
+# The smoke profile with a one-level U-Net: compiling the training step dominates these tests' time.
+PROFILE = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,
+                                       attention_resolutions=(), attention_in_bottleneck=False, time_embedding_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    images, labels = load_digits("train")
+    return images[:64], labels[:64]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_digits):
+    """36 uninterrupted steps, every checkpoint kept (6, 12, ..., 36): the reference for several tests."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    return training.train(PROFILE, run_dir, steps=36, data=tiny_digits[0], progress=False, keep_checkpoints=100,
+                          jit_compile=True)  # XLA, as the book's long runs use
+
+
+def _max_difference(weights_a, weights_b):
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(weights_a, weights_b))
+
+
+# ---------------------------------------------------------------- learning rate and EMA
+
+def test_seed_learning_rate_matches_its_formula():
+    schedule = training.SeedLearningRate(1e-4)
+    for step in (0, 1, 10, 999, 63_310, 100_000, 1_000_000):
+        expected = 1e-4 * 100_000 / (step + 100_000)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
+    assert float(schedule(100_000)) == pytest.approx(0.5e-4, rel=1e-6)  # halves after 100,000 steps
+
+
+def test_make_learning_rate_names():
+    assert isinstance(training.make_learning_rate("seed", 1e-3, 100), training.SeedLearningRate)
+    assert float(training.make_learning_rate("constant", 1e-3, 100)(57)) == pytest.approx(1e-3)
+    cosine = training.make_learning_rate("cosine", 1e-3, 100)
+    assert float(cosine(0)) == pytest.approx(1e-3) and float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
+    warm = training.make_learning_rate("warmup_cosine", 1e-3, 100)
+    assert float(warm(0)) < float(warm(5)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="Unknown learning-rate schedule 'step'"):
+        training.make_learning_rate("step", 1e-3, 100)
+
+
+def _dense_model(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+def test_ema_update_matches_hand_computation():
+    model, ema_model = _dense_model(0), _dense_model(1)
+    average = training.ExponentialMovingAverage(model, ema_model, decay=0.9)
+    average.reset()
+    start = [w.copy() for w in model.get_weights()]
+    np.testing.assert_array_equal(ema_model.get_weights()[0], start[0])
+    expected = start
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        new = [w + rng.normal(size=w.shape).astype(np.float32) for w in model.get_weights()]
+        model.set_weights(new)
+        average.update()
+        expected = [0.9 * e + 0.1 * w for e, w in zip(expected, new)]
+    for got, want in zip(ema_model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="decay"):
+        training.ExponentialMovingAverage(model, ema_model, decay=1.0)
+
+
+# ---------------------------------------------------------------- training
+
+def test_a_few_dozen_steps_lower_the_loss(straight_run, tiny_digits):
+    images, _ = tiny_digits
+    run = straight_run
+    assert run.step == 36 and len(run.history["loss"]) == 36
+    keras.utils.set_random_seed(PROFILE.seed)  # the initial weights train() started from
+    initial, _ = training.build_models(PROFILE)
+    before = training.evaluation_loss(initial, run.schedule, images, repeats=2)
+    after = training.evaluation_loss(run.model, run.schedule, images, repeats=2)
+    assert after < 0.8 * before, (before, after)
+    assert np.all(np.isfinite(run.history["running_loss"]))
+    np.testing.assert_array_equal(run.history["step"], np.arange(1, 37))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_digits, straight_run):
+    images, _ = tiny_digits
+    steps = 12  # 4 batches per epoch: the interruption and the resume fall inside epochs
+
+    def interrupt(step, loss):
+        if step == 8:  # two steps after the checkpoint at step 6: they are lost and redone
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        training.train(PROFILE, tmp_path / "resumed", steps=steps, data=images, progress=False, on_step=interrupt,
+                       jit_compile=True)
+    assert [s for s, _ in training.list_checkpoints(tmp_path / "resumed")] == [6]
+    resumed = training.train(PROFILE, tmp_path / "resumed", steps=steps, data=images, progress=False, resume=True,
+                             jit_compile=True)
+
+    # the uninterrupted run's checkpoint at step 12 (the seed schedule does not depend on the total)
+    straight = training.read_checkpoint(training.checkpoint_path(straight_run.run_dir, steps))
+    assert _max_difference(straight["model"], resumed.model.get_weights()) < 1e-5
+    assert _max_difference(straight["ema"], resumed.ema_model.get_weights()) < 1e-5
+    assert _max_difference(straight["optimizer"], [v.numpy() for v in resumed.optimizer.variables]) < 1e-5
+    assert int(resumed.optimizer.iterations) == int(straight["optimizer"][0]) == steps
+    np.testing.assert_allclose(resumed.history["loss"], straight_run.history["loss"][:steps], rtol=1e-5, atol=1e-6)
+    loaded = training.load_run(tmp_path / "resumed")
+    assert loaded.step == steps and loaded.loaded
+    assert _max_difference(loaded.ema_model.get_weights(), resumed.ema_model.get_weights()) == 0.0
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, tiny_digits):
+    images, _ = tiny_digits
+    import tensorflow as tf
+
+    calls = tf.Variable(0)
+    huber = keras.losses.Huber()
+
+    def loss_that_breaks(noise, predicted):  # finite for 8 steps, then NaN
+        calls.assign_add(1)
+        return tf.where(calls > 8, tf.constant(float("nan")), huber(noise, predicted))
+
+    with pytest.raises(training.NonFiniteLossError, match=r"loss became nan at step 9 of 12") as error:
+        training.train(PROFILE, tmp_path / "run", steps=12, data=images, progress=False, loss_fn=loss_that_breaks,
+                       jit_compile=False)
+    assert "ckpt-00000006.npz" in str(error.value) and "kept" in str(error.value)
+    run = training.load_run(tmp_path / "run")
+    assert run.step == 6 and not run.complete
+    assert all(np.all(np.isfinite(w)) for w in run.model.get_weights() + run.ema_model.get_weights())
+
+
+def test_a_crash_while_saving_keeps_the_last_checkpoint(tmp_path, straight_run, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight_run.run_dir, run_dir)
+    before = (run_dir / "ckpt-00000036.npz").read_bytes()
+    files = sorted(p.name for p in run_dir.iterdir())
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(training.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        training.save_checkpoint(run_dir, 36, straight_run.model, straight_run.ema_model, straight_run.optimizer,
+                                 straight_run.history, {})
+    monkeypatch.undo()
+    assert (run_dir / "ckpt-00000036.npz").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == files  # no half-written file left behind
+    assert training.load_run(run_dir).step == 36
+
+
+# ---------------------------------------------------------------- runs
+
+def test_load_or_train_loads_a_matching_run_and_retrains_a_stale_one(tmp_path, tiny_digits, straight_run, capsys):
+    images, _ = tiny_digits
+    kwargs = dict(steps=36, data=images, progress=False, jit_compile=False)
+    name = training.run_name(PROFILE, **kwargs)
+    shutil.copytree(straight_run.run_dir, tmp_path / name)
+    loaded = training.load_or_train(PROFILE, tmp_path, **kwargs)
+    assert loaded.loaded and loaded.run_dir == tmp_path / name and "Loaded" in capsys.readouterr().out
+    assert _max_difference(straight_run.ema_model.get_weights(), loaded.ema_model.get_weights()) == 0.0
+
+    config_path = tmp_path / name / "config.json"
+    config = json.loads(config_path.read_text())
+    config["code"] = "0000000000000000"  # as if the model's code had changed since
+    config_path.write_text(json.dumps(config))
+    kwargs["steps"] = 6  # (a shorter run, to keep the test fast: a new name, trained from scratch)
+    shutil.copytree(tmp_path / name, tmp_path / training.run_name(PROFILE, **kwargs))
+    retrained = training.load_or_train(PROFILE, tmp_path, **kwargs)
+    assert not retrained.loaded and "different configuration (code, steps)" in capsys.readouterr().out
+    assert training.load_or_train(PROFILE, tmp_path, **kwargs).loaded
+
+
+def test_conditional_runs_are_stored_apart(tmp_path, tiny_digits):
+    run = training.load_or_train(PROFILE, tmp_path, steps=2, data=tiny_digits, progress=False,
+                                 num_classes=10, label_dropout=0.2, jit_compile=False)
+    assert "cond10-drop0.2" in run.run_dir.name and run.num_classes == 10
+    assert run.config["label_dropout"] == 0.2 and run.config["num_classes"] == 10
+    loaded = training.load_run(run.run_dir)
+    assert loaded.num_classes == 10 and len(loaded.model.inputs) == 3
+    assert training.run_name(PROFILE, steps=2, data=tiny_digits) != run.run_dir.name
+
+
+def test_run_names_keep_variants_apart():
+    assert training.run_name(get_profile("default")) == "default"
+    assert training.run_name(get_profile("default"), num_classes=10, label_dropout=0.1) == "default-cond10-drop0.1"
+    assert training.run_name(get_profile("default").replace(loss="mse")) == "default-loss=mse"
+    assert training.run_name(get_profile("default"), steps=200) == "default-steps200"
+
+
+def test_load_run_without_a_run_explains(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        training.load_run(tmp_path)
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--profile", "--data", "--out", "--steps", "--resume", "folder:PATH"):
+        assert option in text
+
+
+def test_cli_trains_a_tiny_run_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    assert main(["train", "--profile", "smoke", "--data", "digits", "--out", str(out), "--steps", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 3 and config["data"] == "digits" and config["profile"]["name"] == "smoke"
+    assert [s for s, _ in training.list_checkpoints(out)] == [3]
+    assert "Trained 3 steps" in capsys.readouterr().out
+    assert main(["train", "--profile", "smoke", "--out", str(out), "--steps", "3"]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--profile", "smoke", "--data", "folder:/no/such/folder", "--out", str(tmp_path / "x")]) == 1
+    assert "kaggle.com" in capsys.readouterr().err
