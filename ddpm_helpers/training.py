@@ -877,7 +877,8 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
     The run lives in ``runs_dir`` (default ``$DDPM_RUNS_DIR``, else ``./runs``) under
     :func:`run_name`. It is reused only if it is complete and its configuration (profile,
     data, steps, seed, conditioning, learning-rate schedule and the code of the model and the
-    loop) matches the one requested; otherwise it is trained again, and the reason is printed.
+    loop) matches the one requested; otherwise it is trained again, and the reason is printed
+    (a run of the same configuration that stopped early is resumed from its last checkpoint).
     ``train_kwargs`` go to :func:`train` (``steps``, ``data``, ``num_classes``, ...).
     """
     from ddpm_helpers.data import load_data
@@ -888,7 +889,7 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
     name = run_name(profile, **train_kwargs)
     run_dir = runs_dir / name
     with _lock(runs_dir / f".{name}.lock"):
-        reason = None
+        reason, resume = None, False
         try:
             stored = read_config(run_dir)
         except FileNotFoundError:
@@ -914,6 +915,7 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
             elif found is None or found[0] < requested["steps"]:
                 done = 0 if found is None else found[0]
                 reason = f"{run_dir} is incomplete ({done} of {requested['steps']} steps)"
+                resume = found is not None  # same configuration: continue where it stopped
         if reason is None:
             run = load_run(run_dir)
             speed = f", {run.steps_per_second:.1f} steps/s" if math.isfinite(run.steps_per_second) else ""
@@ -921,7 +923,7 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
             return run
         print(f"Training: {reason}.")
         kwargs = {k: v for k, v in train_kwargs.items() if k != "resume"}
-        return train(profile, run_dir, **kwargs)
+        return train(profile, run_dir, resume=resume, **kwargs)
 
 
 def train_from_cli(args) -> int:

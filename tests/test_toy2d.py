@@ -246,7 +246,6 @@ def test_clipped_noise_predictor_clips_the_guess_of_x0():
         toy2d.clipped_noise_predictor(tame, schedule, limit=0.0)
 
 
-@pytest.mark.filterwarnings("ignore:Animation was deleted without rendering")
 def test_cloud_animation_frames_and_errors():
     import matplotlib
 
@@ -256,6 +255,7 @@ def test_cloud_animation_frames_and_errors():
     snapshots = np.random.default_rng(0).normal(size=(4, 30, 2))
     anim, fig = toy2d.cloud_animation(snapshots, [3, 2, 1, 0], hold=2)
     assert len(list(anim.new_frame_seq())) == 6
+    assert anim.to_jshtml(fps=5).count("data:image/png;base64") == 6  # it renders, one image per frame
     plt.close(fig)
     with pytest.raises(ValueError, match=r"\(K, N, 2\)"):
         toy2d.cloud_animation(np.zeros((4, 30, 3)))

@@ -193,6 +193,19 @@ def test_load_or_train_loads_a_matching_run_and_retrains_a_stale_one(tmp_path, t
     assert training.load_or_train(PROFILE, tmp_path, **kwargs).loaded
 
 
+def test_load_or_train_resumes_an_incomplete_run(tmp_path, tiny_digits, straight_run, capsys):
+    kwargs = dict(steps=36, data=tiny_digits[0], progress=False)
+    run_dir = tmp_path / training.run_name(PROFILE, **kwargs)
+    shutil.copytree(straight_run.run_dir, run_dir)
+    for step in (36, 30):  # as if the run had stopped after its checkpoint at step 24
+        training.checkpoint_path(run_dir, step).unlink()
+    run = training.load_or_train(PROFILE, tmp_path, jit_compile=True, **kwargs)
+    out = capsys.readouterr().out
+    assert "incomplete (24 of 36 steps)" in out and "Resuming" in out
+    assert run.step == 36 and not run.loaded
+    assert _max_difference(run.ema_model.get_weights(), straight_run.ema_model.get_weights()) < 1e-5
+
+
 def test_conditional_runs_are_stored_apart(tmp_path, tiny_digits):
     run = training.load_or_train(PROFILE, tmp_path, steps=2, data=tiny_digits, progress=False,
                                  num_classes=10, label_dropout=0.2, jit_compile=False)
