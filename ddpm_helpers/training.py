@@ -595,9 +595,22 @@ def _make_optimizer(profile, lr_schedule: str, total_steps: int):
     return keras.optimizers.Adam(learning_rate=make_learning_rate(lr_schedule, profile.learning_rate, total_steps))
 
 
-def _learning_rate_at(optimizer, step: int) -> float:
-    rate = optimizer.learning_rate
-    return float(rate(step)) if callable(rate) else float(rate)
+def learning_rates(schedule, first: int, last: int) -> np.ndarray:
+    """The rates a Keras ``LearningRateSchedule`` gives the optimizer's iterations ``first .. last - 1``."""
+    import tensorflow as tf
+
+    if last <= first:
+        return np.zeros(0)
+    steps = tf.range(first, last, dtype=tf.int64)
+    try:  # most schedules are element-wise formulas
+        rates = np.asarray(schedule(steps), dtype=np.float64).reshape(-1)
+        if rates.shape == (last - first,):
+            return rates
+    except Exception:  # e.g. a schedule with a tf.cond on the step
+        pass
+    one_by_one = tf.function(lambda s: tf.map_fn(lambda x: tf.cast(schedule(x), tf.float32), s,
+                                                 fn_output_signature=tf.float32))
+    return np.asarray(one_by_one(steps), dtype=np.float64)
 
 
 class _Progress:
@@ -732,6 +745,8 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     running = history["running_loss"][-1] if history["running_loss"] else None
     last_saved = start if found is not None else None
     bar = _Progress(steps, progress)
+    # Step s (counted from 1) is the optimizer's iteration s - 1, which uses the rate schedule(s - 1).
+    rates = learning_rates(make_learning_rate(lr_schedule, profile.learning_rate, steps), start, steps)
     timed_start, timed_steps, compile_seconds = None, 0, None
     session_start = time.perf_counter()
 
@@ -768,7 +783,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
         else:
             timed_steps += 1
         running = loss if running is None else RUNNING_LOSS_DECAY * running + (1 - RUNNING_LOSS_DECAY) * loss
-        lr = _learning_rate_at(optimizer, step - 1)
+        lr = float(rates[step - 1 - start])
         for key, value in (("step", step), ("loss", loss), ("running_loss", running), ("lr", lr)):
             history[key].append(value)
         bar.update(step, loss, running, lr, compile_seconds)

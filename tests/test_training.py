@@ -99,6 +99,9 @@ def test_a_few_dozen_steps_lower_the_loss(straight_run, tiny_digits):
     assert after < 0.8 * before, (before, after)
     assert np.all(np.isfinite(run.history["running_loss"]))
     np.testing.assert_array_equal(run.history["step"], np.arange(1, 37))
+    # step s (from 1) is Adam's iteration s - 1, which used the rate of the seed schedule at s - 1
+    expected_lr = [PROFILE.learning_rate * 1e5 / (s - 1 + 1e5) for s in run.history["step"]]
+    np.testing.assert_allclose(run.history["lr"], expected_lr, rtol=1e-6)
 
 
 class _Interrupt(Exception):
@@ -199,7 +202,7 @@ def test_load_or_train_resumes_an_incomplete_run(tmp_path, tiny_digits, straight
     shutil.copytree(straight_run.run_dir, run_dir)
     for step in (36, 30):  # as if the run had stopped after its checkpoint at step 24
         training.checkpoint_path(run_dir, step).unlink()
-    run = training.load_or_train(PROFILE, tmp_path, jit_compile=True, **kwargs)
+    run = training.load_or_train(PROFILE, tmp_path, jit_compile=True, **kwargs)  # XLA, as the straight run
     out = capsys.readouterr().out
     assert "incomplete (24 of 36 steps)" in out and "Resuming" in out
     assert run.step == 36 and not run.loaded
