@@ -17,16 +17,11 @@ Writes ``benchmarks/results/sampling-<date>.json`` with the machine description 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-RESULTS = Path(__file__).resolve().parent / "results"
+import benchcommon
 
 
 def main(argv=None) -> int:
@@ -39,24 +34,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ddim", action="store_true", help="also time DDPM-T and DDIM-10/20/50/100 (compiled)")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/sampling-<date>.json)")
     args = parser.parse_args(argv)
+    record = benchcommon.Record("sampling", "sampling: compiled DDPM loop vs eager Python loop")
 
     import numpy as np
     import tensorflow as tf
 
-    from ddpm_helpers import get_profile, sampling
-    from ddpm_helpers.schedules import schedule_from_profile
+    from ddpm_helpers import sampling
 
-    if args.run:
-        from ddpm_helpers.training import load_run
-
-        trained = load_run(args.run)
-        profile, model, schedule = trained.profile, trained.ema_model, trained.schedule
-    else:
-        from ddpm_helpers.unet import build_unet_for_profile
-
-        profile = get_profile(args.profile)
-        model = build_unet_for_profile(profile)
-        schedule = schedule_from_profile(profile)
+    profile, model, schedule = benchcommon.model_to_time(args.run, args.profile)
     T = schedule.timesteps
     steps = min(args.steps, T)
     shape = (args.batch, profile.image_size, profile.image_size, profile.channels)
@@ -102,30 +87,22 @@ def main(argv=None) -> int:
         for name, values in samplers.items():
             values["speedup_vs_ddpm"] = samplers["ddpm"]["seconds"] / values["seconds"]
 
-    date = time.strftime("%Y-%m-%d %H:%M:%S")
-    record = {
-        "benchmark": "sampling: compiled DDPM loop vs eager Python loop",
-        "date": date,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": sampling.machine_description(),
-        "profile": profile.name,
-        "weights": "trained run " + str(args.run) if args.run else "fresh (untrained) weights",
-        "parameters": int(model.count_params()),
-        "timesteps": T,
-        "batch": args.batch,
-        "steps_timed": steps,
-        "rounds": args.rounds,
-        "eager_seconds_per_step": eager_times,
-        "compiled_seconds_per_step": compiled_times,
-        "trace_seconds": trace_seconds,
-        "ratio": ratio,
-        "max_abs_difference": difference,
-        "samplers": samplers,
-    }
-    out = Path(args.out) if args.out else RESULTS / f"sampling-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
-    print(f"wrote {out}")
+    record.write(
+        args.out,
+        profile=profile.name,
+        weights="trained run " + str(args.run) if args.run else "fresh (untrained) weights",
+        parameters=int(model.count_params()),
+        timesteps=T,
+        batch=args.batch,
+        steps_timed=steps,
+        rounds=args.rounds,
+        eager_seconds_per_step=eager_times,
+        compiled_seconds_per_step=compiled_times,
+        trace_seconds=trace_seconds,
+        ratio=ratio,
+        max_abs_difference=difference,
+        samplers=samplers,
+    )
     return 0
 
 

@@ -38,19 +38,8 @@ def main(argv=None) -> int:
     record = benchcommon.Record("snapshot_memory", "sampling memory: snapshots vs every intermediate batch")
 
     from ddpm_helpers import get_profile, sampling
-    from ddpm_helpers.schedules import schedule_from_profile
 
-    if args.run:
-        from ddpm_helpers.training import load_run
-
-        trained = load_run(args.run)
-        profile, model, schedule = trained.profile, trained.ema_model, trained.schedule
-    else:
-        from ddpm_helpers.unet import build_unet_for_profile
-
-        profile = get_profile(args.profile)
-        model = build_unet_for_profile(profile)
-        schedule = schedule_from_profile(profile)
+    profile, model, schedule = benchcommon.model_to_time(args.run, args.profile)
     T = schedule.timesteps
     shape = (args.batch, profile.image_size, profile.image_size, profile.channels)
     batch_bytes = 4 * args.batch * profile.image_size**2 * profile.channels

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -33,23 +32,14 @@ def load_average() -> list[float] | None:
         return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_description() -> dict:
-    """CPU, cores, OS, versions of Python / TensorFlow / Keras / NumPy, devices and thread settings."""
+    """The package's description (CPU, cores, OS, Python, TensorFlow, devices; the one stored beside
+    cached samples) plus usable cores, memory, Keras and NumPy versions and thread settings."""
     import keras
     import numpy as np
     import tensorflow as tf
+
+    from ddpm_helpers.sampling import machine_description as basic_description
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -61,16 +51,11 @@ def machine_description() -> dict:
     except (OSError, ValueError, IndexError):
         memory_gb = None
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
+        **basic_description(),
         "usable_cores": usable,
         "memory_gb": memory_gb,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
-        "devices": [d.device_type for d in tf.config.list_physical_devices()],
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
@@ -118,6 +103,26 @@ class Record:
         path.write_text(json.dumps(self.data, indent=1, default=float) + "\n")
         print(f"wrote {path}")
         return path
+
+
+def model_to_time(run_dir: str | None, profile_name: str | None):
+    """``(profile, model, schedule)``: the EMA model of a trained run, or fresh weights for a profile.
+
+    Sampling time does not depend on what the weights are, so the sampling benchmarks can run
+    without a trained model; ``--run`` times a trained one instead.
+    """
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.schedules import schedule_from_profile
+
+    if run_dir:
+        from ddpm_helpers.training import load_run
+
+        trained = load_run(run_dir)
+        return trained.profile, trained.ema_model, trained.schedule
+    from ddpm_helpers.unet import build_unet_for_profile
+
+    profile = get_profile(profile_name)
+    return profile, build_unet_for_profile(profile), schedule_from_profile(profile)
 
 
 def median(values) -> float:
