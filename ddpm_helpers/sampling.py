@@ -182,7 +182,12 @@ def step_noise(seed, stream, step, shape, timesteps: int):
 
     counter = tf.cast(stream, tf.int64) * (timesteps + 1) + tf.cast(step, tf.int64)
     key = tf.stack([tf.cast(seed, tf.int64), counter])
-    return tf.random.stateless_normal(shape, seed=key, dtype=tf.float32)
+    # Not tf.random.stateless_normal: under XLA it makes other numbers from the same key than the
+    # plain kernel does, so samples would change with jit_compile. Random integers agree in both;
+    # (k + 1/2) / 2^23 makes them uniform on (0, 1) (exact in float32, never 0 or 1), and the inverse
+    # normal CDF makes those normal: the same noise with and without XLA, up to rounding.
+    bits = tf.random.stateless_uniform(shape, seed=key, minval=0, maxval=2**23, dtype=tf.int32, alg="philox")
+    return tf.math.ndtri((tf.cast(bits, tf.float32) + 0.5) / 2.0**23)
 
 
 def p_mean_variance(schedule, predict_noise, x, t, labels=None, *, clip_x0: bool = True,
@@ -280,6 +285,9 @@ def ddpm_loop(schedule, predict_noise, *, clip_x0: bool = True, variance: str = 
     loop into a graph while-loop, and ``t`` is a tensor, so one trace serves the whole run (and
     every chunk of it). The noise of position i is keyed by ``(seed, stream, i)``
     (:func:`step_noise`). Loops are cached per schedule, predictor and settings.
+    ``jit_compile=True`` also compiles the loop with XLA: on the book's CPU models one long run
+    samples about 1.7 times faster, but XLA compiles again for every new pair of loop bounds, so
+    runs cut into many chunks (snapshots, progress bars) become far slower; hence the default False.
     Chapter "Sampling", Eq. (eq-p-sample).
     """
     import tensorflow as tf

@@ -263,3 +263,16 @@ def test_eager_loop_matches_compiled(small_schedule):
 def test_default_labels():
     assert sampling.default_labels(5, None) is None
     np.testing.assert_array_equal(sampling.default_labels(12, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+
+
+def test_step_noise_is_standard_normal_and_the_same_under_xla():
+    import tensorflow as tf
+    from scipy import stats
+
+    eager = sampling.step_noise(3, 1, 7, (64, 8, 8, 1), 1000).numpy()
+    xla = tf.function(lambda step: sampling.step_noise(3, 1, step, (64, 8, 8, 1), 1000), jit_compile=True)
+    np.testing.assert_allclose(xla(tf.constant(7)).numpy(), eager, atol=1e-5)
+    many = sampling.step_noise(0, 0, 0, (1_000_000,), 1000).numpy()
+    assert np.all(np.isfinite(many))
+    assert stats.kstest(many, "norm").pvalue > 1e-3
+    assert not np.allclose(sampling.step_noise(3, 1, 8, (64, 8, 8, 1), 1000).numpy(), eager)
