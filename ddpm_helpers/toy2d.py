@@ -253,7 +253,7 @@ TOY_SETTINGS = {
     "smoke": ToySettings(dataset="two_moons", train_points=2_000, train_steps=60, batch_size=128,
                          learning_rate=3e-3, hidden=32, depth=1, time_embedding_dim=16, ema_decay=0.9,
                          num_samples=200, exercise_steps=30, exercise_samples=200, frames=11),
-    "default": ToySettings(dataset="two_moons", train_points=20_000, train_steps=2_000, batch_size=512,
+    "default": ToySettings(dataset="two_moons", train_points=20_000, train_steps=3_000, batch_size=512,
                            learning_rate=1e-2, hidden=64, depth=3, time_embedding_dim=64, ema_decay=0.995,
                            num_samples=2_000, exercise_steps=700, exercise_samples=2_000, frames=61),
 }
