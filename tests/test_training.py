@@ -61,6 +61,15 @@ def test_make_learning_rate_names():
         training.make_learning_rate("step", 1e-3, 100)
 
 
+@pytest.mark.parametrize("name", training.LR_SCHEDULES)
+def test_learning_rates_match_the_schedule_step_by_step(name):
+    # "warmup_cosine" branches on the step, so it takes learning_rates' one-by-one path
+    schedule = training.make_learning_rate(name, 1e-3, 100)
+    expected = [float(schedule(step)) for step in range(10, 60)]
+    np.testing.assert_allclose(training.learning_rates(schedule, 10, 60), expected, rtol=1e-6)
+    assert training.learning_rates(schedule, 60, 60).shape == (0,)
+
+
 def _dense_model(seed):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((3,))
