@@ -31,8 +31,9 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
 book: $(INSTALLED)
-	DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
 	@echo "Open $(CURDIR)/_build/html/index.html (profile: $(DDPM_PROFILE))"
 
 test: $(INSTALLED) notebooks-check pytest nbval strict-build
@@ -52,7 +53,7 @@ nbval: $(INSTALLED)
 	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider book/*.ipynb
 
 strict-build: $(INSTALLED)
-	DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
 
 # Colab check: a venv of its own with Colab's versions (.ci/colab-requirements.txt; rebuilt when
 # that file changes, or after `rm -rf _build/colab-venv`), the package installed the way each

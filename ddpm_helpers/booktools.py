@@ -6,7 +6,11 @@ chapter installs this package when, and only when, it runs in Colab; its URL is 
 from ``repository.url`` in ``_config.yml``, the one place that holds it.
 
     python -m ddpm_helpers.booktools sync    # rewrite install cells, regenerate every .ipynb
+    python -m ddpm_helpers.booktools format [PAGES]  # ruff-format code cells at 79 columns
     python -m ddpm_helpers.booktools check   # fail if anything drifted (run by make test)
+
+Code cells are formatted by ruff at a line length of 79, the width of the rendered page's code
+column; ``check`` fails on any code-cell line longer than that.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 from pathlib import Path
 
 COLAB_MARKER = "# Colab only: install the book's helper package"
+LINE_LENGTH = 79  # the rendered page's code column shows about 76-80 characters
 
 
 def repository(root: Path) -> tuple[str, str]:
@@ -31,18 +36,24 @@ def repository(root: Path) -> tuple[str, str]:
 
 def colab_cell_source(url: str, branch: str) -> str:
     """Source of the first code cell of every chapter."""
-    requirement = f"ddpm_helpers @ git+{url}@{branch}"
     return "\n".join(
         [
-            f"{COLAB_MARKER} (generated from _config.yml).",
+            f"{COLAB_MARKER}",
+            "# (generated from _config.yml).",
             "import subprocess",
             "import sys",
             "",
             'if "google.colab" in sys.modules:',
-            f'    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{requirement}"], check=True)',
+            "    subprocess.run(",
+            '        [sys.executable, "-m", "pip", "install", "-q",',
+            '         "ddpm_helpers @ git+"',
+            f'         "{url}@{branch}"],',
+            "        check=True,",
+            "    )",
             "",
-            "# Start TensorFlow here, in a cell the rendered page hides, so that its C++ start-up log",
-            "# (which ignores TF_CPP_MIN_LOG_LEVEL since TF 2.21) does not clutter the chapter.",
+            "# Start TensorFlow here, in a cell the rendered page hides, so that its",
+            "# C++ start-up log (which ignores TF_CPP_MIN_LOG_LEVEL since TF 2.21)",
+            "# does not clutter the chapter.",
             "import tensorflow  # noqa: E402",
             "",
             "tensorflow.config.list_logical_devices()",
@@ -107,6 +118,53 @@ def sync(root: Path) -> list[Path]:
     return written
 
 
+def format_cell(source: str) -> str:
+    """``source`` formatted by ruff at :data:`LINE_LENGTH` (unchanged if ruff cannot parse it)."""
+    import subprocess
+
+    if not source.strip() or source.lstrip().startswith(("%", "!")):
+        return source
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", f"--line-length={LINE_LENGTH}",
+         "--stdin-filename=cell.py", "-"],
+        input=source, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ValueError(f"ruff could not format this cell:\n{source}\n{result.stderr}")
+    return result.stdout.rstrip("\n")
+
+
+def format_pages(root: Path, pages: list[Path] | None = None) -> list[Path]:
+    """Format every code cell of ``pages`` (default: all chapters) in place, then sync."""
+    import jupytext
+
+    changed = []
+    for md in pages or chapters(root):
+        notebook = jupytext.read(md)
+        touched = False
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and not _colab_cell(cell):
+                new = format_cell(cell.source)
+                if new != cell.source:
+                    cell.source, touched = new, True
+        if touched:
+            jupytext.write(notebook, md, fmt="md:myst")
+            changed.append(md)
+    sync(root)
+    return changed
+
+
+def long_lines(notebook) -> list[str]:
+    """Code-cell lines longer than :data:`LINE_LENGTH` (cell metadata lines excluded)."""
+    found = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        for line in cell.source.splitlines():
+            if len(line) > LINE_LENGTH:
+                found.append(f"cell {index}: {line.strip()[:60]}...")
+    return found
+
+
 def check(root: Path) -> list[str]:
     """Every way the pages have drifted from their pairs or from ``_config.yml``."""
     import jupytext
@@ -127,6 +185,9 @@ def check(root: Path) -> list[str]:
         paired = nbformat.read(ipynb, as_version=4)
         if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
             problems.append(f"{ipynb.relative_to(root)}: has stored outputs (commit it without)")
+        for where in long_lines(text):
+            problems.append(f"{name}: code line over {LINE_LENGTH} characters ({where}); "
+                            "run `python -m ddpm_helpers.booktools format`, then shorten it")
         if _signature(text) != _signature(paired):
             problems.append(f"{name} and {ipynb.name} differ: edit the .md, then run sync")
     for ipynb in sorted((root / "book").glob("*.ipynb")):
@@ -138,12 +199,18 @@ def check(root: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.booktools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["sync", "check"])
+    parser.add_argument("command", choices=["sync", "format", "check"])
+    parser.add_argument("pages", nargs="*", type=Path, help="format: these pages only")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")
     args = parser.parse_args(argv)
     if args.command == "sync":
         for md in sync(args.root):
             print(f"synced {md.relative_to(args.root)} -> {md.with_suffix('.ipynb').name}")
+        return 0
+    if args.command == "format":
+        pages = [page.resolve() for page in args.pages] or None
+        for md in format_pages(args.root.resolve(), pages):
+            print(f"formatted {md}")
         return 0
     problems = check(args.root)
     for problem in problems:
