@@ -8,6 +8,7 @@ from ``repository.url`` in ``_config.yml``, the one place that holds it.
     python -m ddpm_helpers.booktools sync    # rewrite install cells, regenerate every .ipynb
     python -m ddpm_helpers.booktools format [PAGES]  # ruff-format code cells at 79 columns
     python -m ddpm_helpers.booktools check   # fail if anything drifted (run by make test)
+    python -m ddpm_helpers.booktools run PAGE [--out NB]  # execute one page, print its outputs
 
 Code cells are formatted by ruff at a line length of 79, the width of the rendered page's code
 column; ``check`` fails on any code-cell line longer than that.
@@ -196,11 +197,44 @@ def check(root: Path) -> list[str]:
     return problems
 
 
+def run_page(md: Path, out: Path | None = None, timeout: int = 1800) -> str:
+    """Execute one page top to bottom (profile from ``$DDPM_PROFILE``) and return a digest of
+    its outputs: each code cell's first line, tags, text output and the kinds of rich output.
+    Used to re-read a chapter's prose against what its cells print."""
+    import jupytext
+    import nbclient
+    import nbformat
+
+    notebook = jupytext.read(md)
+    nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(md.parent)}}).execute()
+    if out is not None:
+        nbformat.write(notebook, out)
+    digest = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+        tags = cell.get("metadata", {}).get("tags", [])
+        digest.append(f"--- cell {index} {tags or ''}: {first[:70]}")
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                digest.append(output.get("text", "").rstrip())
+            else:
+                data = output.get("data", {})
+                kinds = ", ".join(sorted(data))
+                text = data.get("text/plain", "")
+                digest.append(f"[{kinds}] {text[:300]}" if "image/png" not in data
+                              else f"[{kinds}]")
+    return "\n".join(digest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.booktools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["sync", "format", "check"])
-    parser.add_argument("pages", nargs="*", type=Path, help="format: these pages only")
+    parser.add_argument("command", choices=["sync", "format", "check", "run"])
+    parser.add_argument("pages", nargs="*", type=Path, help="format/run: these pages only")
+    parser.add_argument("--out", type=Path, help="run: also write the executed notebook here")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")
     args = parser.parse_args(argv)
     if args.command == "sync":
@@ -211,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         pages = [page.resolve() for page in args.pages] or None
         for md in format_pages(args.root.resolve(), pages):
             print(f"formatted {md}")
+        return 0
+    if args.command == "run":
+        for md in args.pages:
+            print(run_page(md.resolve(), args.out))
         return 0
     problems = check(args.root)
     for problem in problems:
