@@ -1,16 +1,16 @@
 """Data for the book (chapter "Training", ``sec-training``): the offline digits, image folders and tf.data pipelines.
 
 The default data set is scikit-learn's 8x8 handwritten digits, which ships inside scikit-learn:
-no download, so every build works offline. The seed chapter's data, CelebA, is a folder of images
-read with ``keras.utils.image_dataset_from_directory``; Keras' MNIST, Fashion-MNIST and CIFAR-10
-can be used by name where there is internet (never in a book build).
+no download, so every build works offline. The original tutorial's data, CelebA, is a folder of
+images (:mod:`ddpm_helpers.image_folders`); Keras' MNIST, Fashion-MNIST and CIFAR-10 can be used
+by name where there is internet (never in a book build).
 
-Every source becomes a :class:`DataSource`: a ``tf.data.Dataset`` of single ``(image, label)`` pairs,
-images float32 (H, W, C) in [-1, 1] and labels int32 (``-1`` when the data has none).
+Every source becomes a :class:`DataSource`, whose ``dataset`` yields single ``(image, label)``
+pairs, images float32 (H, W, C) in [-1, 1] and labels int32 (``-1`` when the data has none).
 :func:`make_pipeline` turns it into the training batches, in one canonical order::
 
-    load + resize + scale to [-1, 1]  ->  cache  ->  shuffle  ->  batch(drop_remainder)
-        ->  augment (random flips, faces only)  ->  prefetch
+    decode + resize (uint8)  ->  cache  ->  shuffle (all of it)  ->  scale to [-1, 1]
+        ->  batch(drop_remainder)  ->  augment (random flips, faces only)  ->  prefetch
 
 Randomness in the pipeline is keyed by ``(seed, epoch)`` and ``(seed, epoch, batch)``, so the batch
 of training step ``s`` is the same whether training runs straight through or resumes at ``s``
@@ -21,21 +21,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ddpm_helpers.image_folders import (  # noqa: F401 (re-exported)
+    CELEBA_URL,
+    IMAGE_EXTENSIONS,
+    VERIFY_ALL_UP_TO,
+    _folder_help,
+    describe_folder_layout,
+    find_unreadable_images,
+    list_image_files,
+    load_image_folder,
+    unreadable_error,
+)
+
 DIGITS_MAX_VALUE = 16.0  # load_digits stores intensities as integers 0..16
 
-CELEBA_URL = "https://www.kaggle.com/datasets/jessicali9530/celeba-dataset"
-# The file types keras.utils.image_dataset_from_directory reads (it compares lower-case suffixes).
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 DATASET_NAMES = ("digits",) + KERAS_DATASETS + ("folder:PATH",)
-# Folders up to this many images are checked file by file (with Pillow) when they are loaded;
-# larger ones are checked only if TensorFlow fails to decode a file while training.
-VERIFY_ALL_UP_TO = 5000
 
 
 def to_model_range(images: np.ndarray, max_value: float) -> np.ndarray:
@@ -74,6 +79,11 @@ class DataSource:
     ``flip`` whether random horizontal flips suit the data (faces: yes; digits: never),
     ``fingerprint`` a short hash that changes when the data changes (stored with a trained run).
     In-memory sources also keep ``images`` and ``labels`` as NumPy arrays.
+
+    What :func:`make_pipeline` reads: ``elements`` (the file names of a folder; the pairs
+    themselves otherwise), ``load`` (element -> stored pair, uint8 for a folder; None when the
+    elements are the pairs), ``to_model_range`` (stored pair -> float pair, after the cache;
+    None when already float) and ``in_memory`` (keep the stored pairs in memory).
     """
 
     name: str
@@ -86,6 +96,14 @@ class DataSource:
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
     files: list | None = None  # image files of a folder source, in the order they are read
+    elements: object = None
+    load: object = None
+    to_model_range: object = None
+    in_memory: bool = True
+
+    def __post_init__(self):
+        if self.elements is None:
+            self.elements = self.dataset
 
     def __repr__(self) -> str:
         classes = "unlabelled" if self.num_classes is None else f"{self.num_classes} classes"
@@ -99,9 +117,16 @@ class DataSource:
         return np.stack([image.numpy() for image, _ in self.dataset.take(count)])
 
     def cached(self):
-        """``dataset.cache()``, made once per source so every epoch reads the same in-memory cache."""
+        """The stored pairs, decoded once and kept in memory (uint8 for a folder); made once per source.
+
+        Sources built from arrays are in memory already: their elements are returned as they are.
+        """
+        if self.load is None:
+            return self.elements
         if getattr(self, "_cached", None) is None:
-            self._cached = self.dataset.cache()
+            import tensorflow as tf
+
+            self._cached = self.elements.map(self.load, num_parallel_calls=tf.data.AUTOTUNE).cache()
         return self._cached
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -110,7 +135,8 @@ class DataSource:
         if steps < 1:
             raise ValueError(
                 f"The data set {self.name!r} has {self.count} images, fewer than one batch of {batch_size}: "
-                "use a smaller batch size or more images."
+                "use more images, or a profile with a smaller batch_size "
+                "(e.g. profile.replace(batch_size=16))."
             )
         return steps
 
@@ -196,111 +222,6 @@ def load_keras_dataset(name: str, image_size: int, channels: int, split: str = "
     return from_arrays(images, labels.reshape(-1), name=name, flip=(name == "cifar10"), num_classes=10)
 
 
-def _folder_help(path: Path) -> str:
-    return (
-        f"To train on CelebA as the seed chapter does: download it from {CELEBA_URL}, unzip it, and pass "
-        "the folder that holds the 202,599 aligned faces (000001.jpg, 000002.jpg, ...), e.g. "
-        f"--data folder:data/img_align_celeba (the Kaggle archive nests them as "
-        "img_align_celeba/img_align_celeba/*.jpg; sub-folders are searched too). "
-        f"Any folder of {', '.join(IMAGE_EXTENSIONS)} files works."
-    )
-
-
-def list_image_files(path) -> list[Path]:
-    """The image files under ``path`` (searched recursively), sorted, or a ``ValueError`` that says what was found.
-
-    Raises for a missing path, a path that is not a folder, an empty folder and a folder with
-    no image files (naming a few of the files it did find); every message says how to get CelebA.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ValueError(f"Image folder {str(path)!r} does not exist (looked at {path.resolve()}). "
-                         + _folder_help(path))
-    if not path.is_dir():
-        raise ValueError(f"{str(path)!r} is a file, not a folder of images. " + _folder_help(path))
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"Image folder {str(path)!r} is empty. " + _folder_help(path))
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not images:
-        examples = ", ".join(str(p.relative_to(path)) for p in files[:3])
-        suffixes = sorted({p.suffix.lower() or "(none)" for p in files})
-        raise ValueError(
-            f"Image folder {str(path)!r} holds {len(files)} file(s) but no images: found {examples}"
-            f"{', ...' if len(files) > 3 else ''} (types {', '.join(suffixes)}). " + _folder_help(path)
-        )
-    return images
-
-
-def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
-    """Up to ``limit`` files that Pillow cannot open and decode, with the reason."""
-    from PIL import Image
-
-    bad = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                image.load()
-        except Exception as error:  # Pillow raises several types for broken files
-            bad.append((Path(file), f"{type(error).__name__}: {error}"))
-            if len(bad) >= limit:
-                break
-    return bad
-
-
-def unreadable_error(path, bad, total: int) -> ValueError:
-    """The ``ValueError`` for a folder with unreadable image files."""
-    listed = "; ".join(f"{p} ({reason})" for p, reason in bad)
-    return ValueError(
-        f"Image folder {str(path)!r}: {len(bad)}{'+' if len(bad) >= 5 else ''} of its {total} image file(s) "
-        f"cannot be read: {listed}. Delete or re-download them. " + _folder_help(Path(path))
-    )
-
-
-def load_image_folder(path, image_size: int, channels: int, *, verify: bool | None = None) -> DataSource:
-    """A folder of images (the seed's CelebA path) as a :class:`DataSource`, unlabelled.
-
-    Reads with ``keras.utils.image_dataset_from_directory(label_mode=None)``, in file-name order
-    (shuffling happens in :func:`make_pipeline`), centre-cropped to a square and resized to
-    ``image_size`` (the seed squashed CelebA's 178x218 faces instead), then scaled to [-1, 1].
-    Faces may be flipped. ``verify`` decodes every file with Pillow first (default: when the
-    folder holds at most ``VERIFY_ALL_UP_TO`` images). Bad folders raise ``ValueError`` (see
-    :func:`list_image_files`, :func:`unreadable_error`).
-    """
-    import keras
-
-    path = Path(path).expanduser()
-    files = list_image_files(path)
-    if verify is None:
-        verify = len(files) <= VERIFY_ALL_UP_TO
-    if verify:
-        bad = find_unreadable_images(files)
-        if bad:
-            raise unreadable_error(path, bad, len(files))
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB) for an image folder, got {channels}.")
-    dataset = keras.utils.image_dataset_from_directory(
-        str(path), labels=None, label_mode=None, color_mode="rgb" if channels == 3 else "grayscale",
-        batch_size=None, image_size=(image_size, image_size), shuffle=False,
-        crop_to_aspect_ratio=True, verbose=False,
-    )
-
-    def scale(image):
-        import tensorflow as tf
-
-        image = tf.clip_by_value(tf.cast(image, tf.float32) / 127.5 - 1.0, -1.0, 1.0)
-        return image, tf.constant(-1, tf.int32)
-
-    import tensorflow as tf
-
-    dataset = dataset.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-    stats = [(str(p.relative_to(path)), p.stat().st_size) for p in files]
-    return DataSource(
-        name=f"folder:{path}", dataset=dataset, count=len(files), image_shape=(image_size, image_size, channels),
-        num_classes=None, flip=True, fingerprint=_fingerprint(image_size, channels, *stats), files=files,
-    )
-
-
 def load_data(spec, image_size: int, channels: int, *, split: str = "train", seed: int = 0) -> DataSource:
     """The :class:`DataSource` named by ``spec``.
 
@@ -345,17 +266,21 @@ def make_pipeline(source: DataSource, batch_size: int, *, seed: int = 0, epoch: 
 
     The canonical order (chapter "Training", ``sec-training``):
 
-    1. the source's loader has decoded, resized and scaled every image to [-1, 1];
-    2. ``cache()``: that work is done once, in the first epoch (:meth:`DataSource.cached`);
-    3. ``shuffle``: a new order in each epoch, seeded by ``(seed, epoch)``;
-    4. ``batch(drop_remainder=True)``: every batch has ``batch_size`` images (one compiled step);
-    5. augmentation, only where it suits the data (``source.flip``: random horizontal flips of
+    1. the source's loader decodes and resizes every image (uint8 for a folder of images);
+    2. ``cache()``: that work is done once, in the first epoch, and the cache holds uint8
+       (:meth:`DataSource.cached`); a folder too large for memory (``in_memory`` False) is
+       decoded again in every epoch instead, after its file names are shuffled;
+    3. ``shuffle`` over the whole data set (a buffer of ``count`` elements, so the shuffle is
+       global, not local): a new order in each epoch, seeded by ``(seed, epoch)``;
+    4. scale to [-1, 1] (float32), after the cache;
+    5. ``batch(drop_remainder=True)``: every batch has ``batch_size`` images (one compiled step);
+    6. augmentation, only where it suits the data (``source.flip``: random horizontal flips of
        faces; never digits, whose mirror images are not digits), keyed by ``(seed, epoch, batch)``.
        It comes after the cache on purpose: a random flip before ``cache()`` would be drawn once
        and then replayed from the cache in every epoch;
-    6. ``prefetch``: the next batch is prepared while the model trains on this one.
+    7. ``prefetch``: the next batch is prepared while the model trains on this one.
 
-    ``shuffle_buffer`` defaults to the whole data set up to 10,000 images. The order depends on
+    ``shuffle_buffer`` defaults to the whole data set. The order depends on
     ``seed``, ``epoch`` and TensorFlow's global seed (which :func:`ddpm_helpers.training.train`
     sets to ``seed``), so a resumed run sees the batches an uninterrupted one would.
     """
@@ -363,12 +288,16 @@ def make_pipeline(source: DataSource, batch_size: int, *, seed: int = 0, epoch: 
 
     augment = source.flip if augment is None else augment
     steps_per_epoch = source.steps_per_epoch(batch_size)
-    buffer = shuffle_buffer or min(source.count, 10_000)
     epoch_seed = int(seed) * 1_000_003 + int(epoch)  # a distinct order for every (seed, epoch)
-    batches = (source.cached()
-               .shuffle(buffer, seed=epoch_seed % (2**31 - 1), reshuffle_each_iteration=False)
-               .batch(batch_size, drop_remainder=True)
-               .take(steps_per_epoch))
+    order = dict(buffer_size=shuffle_buffer or source.count, seed=epoch_seed % (2**31 - 1),
+                 reshuffle_each_iteration=False)
+    if source.in_memory:
+        examples = source.cached().shuffle(**order)
+    else:  # the same order: shuffle the file names, then decode
+        examples = source.elements.shuffle(**order).map(source.load, num_parallel_calls=tf.data.AUTOTUNE)
+    if source.to_model_range is not None:
+        examples = examples.map(source.to_model_range, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = examples.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
     if augment:
         def flip(index, batch):
             images, labels = batch
@@ -411,8 +340,3 @@ def show_batch(images, labels=None, columns: int = 8, **kwargs):
         if (labels >= 0).any():
             titles = [str(int(v)) for v in labels[:columns]]
     return show_image_grid(images, columns=columns, column_titles=titles, **kwargs)
-
-
-def describe_folder_layout() -> str:
-    """How to get CelebA and where to put it (the text of the folder errors)."""
-    return _folder_help(Path(os.curdir))

@@ -21,223 +21,39 @@ three and the ratio FD / floor.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-CONFIDENCE_THRESHOLD = 0.9
-FEATURE_DIM = 64
-CLASSIFIER_EPOCHS = 20
-CLASSIFIER_BATCH_SIZE = 128
-CLASSIFIER_LEARNING_RATE = 2e-3
-CLASSIFIER_FORMAT = 1  # bump when the classifier's architecture or training changes
-RUNS_DIR_ENV_VAR = "DDPM_RUNS_DIR"
+from ddpm_helpers.classifier import (  # noqa: F401 (re-exported)
+    CLASSIFIER_BATCH_SIZE,
+    CLASSIFIER_EPOCHS,
+    CLASSIFIER_FORMAT,
+    CLASSIFIER_LEARNING_RATE,
+    CONFIDENCE_THRESHOLD,
+    FEATURE_DIM,
+    RUNS_DIR_ENV_VAR,
+    Classifier,
+    _feature_model,
+    _runs_dir,
+    as_model_range,
+    build_classifier,
+    classifier_key,
+    load_or_train_classifier,
+    load_reference_data,
+    quantize,
+    train_classifier,
+)
+DIGITS_SHAPE = (8, 8, 1)  # what a sample file without meta is taken to hold
 
-
-# --------------------------------------------------------------------------------------------
-# The Frechet distance
-# --------------------------------------------------------------------------------------------
-
-def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean vector and covariance matrix (float64, unbiased) of features (N, D)."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must have shape (N, D) with N >= 2, got {features.shape}.")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
-
-    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`` (chapter "Evaluation",
-    Eq. (eq-frechet)), with ``scipy.linalg.sqrtm`` for the matrix square root. When the product
-    is singular (fewer samples than features), ``eps`` is added to both diagonals, as FID code does.
-    """
-    from scipy import linalg
-
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f"Shapes do not match: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}.")
-    diff = mu1 - mu2
-    with warnings.catch_warnings():  # singular products (dead ReLU features) are handled here
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-        if not np.all(np.isfinite(covmean)):
-            offset = np.eye(len(mu1)) * eps
-            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = np.real(covmean)
-    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-    return max(value, 0.0)  # tiny negative values are round-off
-
-
-def frechet_distance_of_features(features_a, features_b) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D)."""
-    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
-
-
-# --------------------------------------------------------------------------------------------
-# The classifier that provides the features
-# --------------------------------------------------------------------------------------------
-
-def build_classifier(image_shape, num_classes: int = 10, feature_dim: int = FEATURE_DIM, seed: int = 0):
-    """A small CNN: two convolutions, a ``features`` layer (``feature_dim`` ReLU units), class logits."""
-    import keras
-    from keras import layers
-
-    images = keras.Input(shape=tuple(image_shape), name="images")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu")(images)
-    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(0.25, seed=seed)(x)
-    features = layers.Dense(feature_dim, activation="relu", name="features")(x)
-    logits = layers.Dense(num_classes, name="logits")(layers.Dropout(0.25, seed=seed + 1)(features))
-    return keras.Model(images, logits, name="digit_classifier")
-
-
-def as_model_range(images) -> np.ndarray:
-    """Images as float32 in [-1, 1]: uint8 0..255 are mapped, floats are clipped (as a sample file would be)."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return (images.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-    return np.clip(images.astype(np.float32), -1.0, 1.0)
-
-
-def quantize(images) -> np.ndarray:
-    """The uint8 round trip every image set goes through before scoring (samples are stored as uint8)."""
-    from ddpm_helpers.plotting import to_uint8
-
-    images = np.asarray(images)
-    return as_model_range(images if images.dtype == np.uint8 else to_uint8(images))
-
-
-@dataclasses.dataclass
-class Classifier:
-    """The trained feature network. ``accuracy`` and ``confident_share`` are measured on the held-out digits."""
-
-    model: object
-    feature_model: object
-    num_classes: int
-    accuracy: float
-    confident_share: float
-    path: Path | None
-    info: dict
-
-    @staticmethod
-    def _apply(network, images, batch_size: int) -> np.ndarray:
-        # Direct calls in batches: unlike Model.predict, no new trace for every input size.
-        x = as_model_range(images)
-        outputs = [np.asarray(network(x[start:start + batch_size], training=False), dtype=np.float64)
-                   for start in range(0, len(x), batch_size)]
-        return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(network.output.shape[1:]))
-
-    def features(self, images, batch_size: int = 1024) -> np.ndarray:
-        """Penultimate-layer features (N, feature_dim), float64, of images in [-1, 1] or uint8."""
-        return self._apply(self.feature_model, images, batch_size)
-
-    def probabilities(self, images, batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities (N, num_classes) (softmax of the logits)."""
-        from scipy.special import softmax
-
-        return softmax(self._apply(self.model, images, batch_size), axis=1)
-
-    def __repr__(self) -> str:
-        return (f"Classifier({self.num_classes} classes, held-out accuracy {self.accuracy:.3f}, "
-                f"{self.feature_model.output.shape[-1]} features)")
-
-
-def _feature_model(model):
-    import keras
-
-    return keras.Model(model.input, model.get_layer("features").output)
-
-
-def train_classifier(images, labels, *, num_classes: int = 10, epochs: int = CLASSIFIER_EPOCHS, seed: int = 0,
-                     feature_dim: int = FEATURE_DIM, verbose: int = 0):
-    """Train :func:`build_classifier` on images in [-1, 1] with integer labels (Adam, cross-entropy)."""
-    import keras
-
-    images = quantize(images)
-    labels = np.asarray(labels, dtype=np.int32)
-    keras.utils.set_random_seed(seed)  # weights, dropout and shuffling: the same classifier every time
-    model = build_classifier(images.shape[1:], num_classes, feature_dim, seed)
-    model.compile(optimizer=keras.optimizers.Adam(CLASSIFIER_LEARNING_RATE),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    model.fit(images, labels, batch_size=CLASSIFIER_BATCH_SIZE, epochs=epochs, shuffle=True, verbose=verbose)
-    return model
-
-
-def _runs_dir(runs_dir=None) -> Path:
-    return Path(runs_dir) if runs_dir is not None else Path(os.environ.get(RUNS_DIR_ENV_VAR) or "runs")
-
-
-def classifier_key(data_name: str, image_shape, data_fingerprint: str, seed: int) -> str:
-    """Folder name of a cached classifier: data, image shape and a hash of everything that shapes it."""
-    settings = dict(format=CLASSIFIER_FORMAT, data=data_name, shape=list(image_shape), fingerprint=data_fingerprint,
-                    seed=int(seed), epochs=CLASSIFIER_EPOCHS, batch_size=CLASSIFIER_BATCH_SIZE,
-                    learning_rate=CLASSIFIER_LEARNING_RATE, features=FEATURE_DIM)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return f"classifier-{data_name}-{'x'.join(str(s) for s in image_shape)}-{digest}"
-
-
-def load_reference_data(data: str = "digits", image_size: int = 8, channels: int = 1, seed: int = 0):
-    """``(train_images, train_labels, held_out_images, held_out_labels, fingerprint)`` of a labelled data set."""
-    from ddpm_helpers.data import load_data
-
-    if data.startswith("folder:"):
-        raise ValueError(
-            f"The book's metric needs labelled images to train its classifier; {data!r} is an unlabelled folder. "
-            "Evaluate models trained on digits (or mnist / fashion_mnist / cifar10)."
-        )
-    train = load_data(data, image_size, channels, split="train", seed=seed)
-    held_out = load_data(data, image_size, channels, split="held_out", seed=seed)
-    if train.images is None or train.labels is None:
-        raise ValueError(f"The data set {data!r} has no labels in memory: the metric needs labelled images.")
-    return train.images, train.labels, held_out.images, held_out.labels, train.fingerprint
-
-
-def load_or_train_classifier(data: str = "digits", image_size: int = 8, channels: int = 1, *, runs_dir=None,
-                             seed: int = 0, verbose: bool = True) -> Classifier:
-    """The feature classifier for ``data`` at this image size: loaded from ``$DDPM_RUNS_DIR/classifier-...``
-    or trained on the training split (seconds for the digits) and saved there.
-    """
-    train_x, train_y, held_x, held_y, fingerprint = load_reference_data(data, image_size, channels, seed)
-    num_classes = int(max(train_y.max(), held_y.max())) + 1
-    folder = _runs_dir(runs_dir) / classifier_key(data, train_x.shape[1:], fingerprint, seed)
-    weights = folder / "classifier.weights.h5"
-    info_file = folder / "info.json"
-    if weights.exists() and info_file.exists():
-        model = build_classifier(train_x.shape[1:], num_classes, FEATURE_DIM, seed)
-        model.load_weights(weights)
-        info = json.loads(info_file.read_text())
-        if verbose:
-            print(f"Loaded the feature classifier from {folder} (held-out accuracy {info['accuracy']:.3f}).")
-    else:
-        began = time.perf_counter()
-        model = train_classifier(train_x, train_y, num_classes=num_classes, seed=seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / "partial.weights.h5"
-        model.save_weights(partial)
-        os.replace(partial, weights)
-        info = {"data": data, "image_shape": list(train_x.shape[1:]), "train_images": int(len(train_x)),
-                "epochs": CLASSIFIER_EPOCHS, "train_seconds": time.perf_counter() - began}
-        probabilities = Classifier(model, _feature_model(model), num_classes, 0.0, 0.0, None, {}).probabilities(
-            quantize(held_x))
-        info["accuracy"] = float(np.mean(probabilities.argmax(1) == held_y))
-        info["confident_share"] = float(np.mean(probabilities.max(1) > CONFIDENCE_THRESHOLD))
-        info_file.write_text(json.dumps(info, indent=1))
-        if verbose:
-            print(f"Trained the feature classifier on {len(train_x)} real training images in "
-                  f"{info['train_seconds']:.1f} s: held-out accuracy {info['accuracy']:.3f}; saved to {folder}.")
-    return Classifier(model=model, feature_model=_feature_model(model), num_classes=num_classes,
-                      accuracy=float(info["accuracy"]), confident_share=float(info["confident_share"]),
-                      path=folder, info=info)
+from ddpm_helpers.frechet import (  # noqa: F401 (re-exported)
+    IMAGINARY_TOLERANCE,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_of_features,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,13 +137,11 @@ class Evaluator:
 
     def evaluate(self, images) -> Evaluation:
         """Score ``images`` (N, H, W, C) in [-1, 1] or uint8 against the floor and ceiling at the same N."""
-        images = quantize(images)
+        images = quantize(check_count(images))
         if images.shape[1:] != self.image_shape:
             raise ValueError(f"Images have shape {images.shape[1:]}, the real data {self.image_shape}: "
                              "score samples of a model trained on this data set.")
         n = len(images)
-        if n < 2:
-            raise ValueError(f"Need at least 2 images to fit a covariance, got {n}.")
         floors, ceiling = self.references(n)
         fd = self.fd_to_real(images)
         probabilities = self.classifier.probabilities(images)
@@ -342,30 +156,67 @@ class Evaluator:
         )
 
 
-def evaluate_samples(images, *, data: str = "digits", runs_dir=None, seed: int = 0, verbose: bool = True) -> Evaluation:
-    """One-call scoring: load or train the classifier for ``data`` at the images' size and evaluate them."""
+def check_count(images, *, warn: bool = True) -> np.ndarray:
+    """``images`` as an array, after checking there are enough of them to fit a covariance.
+
+    Fewer than 2 raise ``ValueError``; fewer than the classifier's ``FEATURE_DIM`` features warn:
+    the covariance is then singular, and the distance is dominated by noise and regularisation.
+    """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}.")
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"Need at least 2 images to fit a covariance, got {n}: score more samples "
+                         f"(at least {FEATURE_DIM}, the number of features, better several hundred).")
+    if n < FEATURE_DIM and warn:
+        warnings.warn(f"Only {n} images for {FEATURE_DIM} features: their covariance is singular and the "
+                      "Frechet distance is unreliable (and compared with a floor measured at the same n). "
+                      f"Score at least {FEATURE_DIM} samples, better several hundred.", stacklevel=3)
+    return images
+
+
+def evaluate_samples(images, *, data: str = "digits", runs_dir=None, seed: int = 0, verbose: bool = True) -> Evaluation:
+    """One-call scoring: load or train the classifier for ``data`` at the images' size and evaluate them.
+
+    The images are checked (at least 2, all finite) before any classifier is trained.
+    """
+    images = check_count(images, warn=False)  # Evaluator.evaluate warns
+    as_model_range(images)  # NaN or infinite values raise here
     classifier = load_or_train_classifier(data, images.shape[1], images.shape[3], runs_dir=runs_dir, seed=seed,
                                           verbose=verbose)
     return Evaluator(classifier, data, images.shape[1], images.shape[3], seed=seed).evaluate(images)
 
 
+def data_of_sample_file(path, images, meta) -> str:
+    """The data set the images of a sample file come from: its ``meta`` says so, else the digits.
+
+    A file without ``meta`` whose images do not have the digits' shape, and a ``meta`` whose
+    image size or channels disagree with the images, raise ``ValueError``.
+    """
+    shape = tuple(images.shape[1:])
+    if meta is None:
+        if shape != DIGITS_SHAPE:
+            raise ValueError(
+                f"{path} has no 'meta' naming its data set, and its images are {'x'.join(map(str, shape))}, "
+                f"not {'x'.join(map(str, DIGITS_SHAPE))} like the digits: they cannot be scored as digits. "
+                f"Write the file with `python -m ddpm_helpers sample --run RUN --out {path}`."
+            )
+        return "digits"
+    stated = (meta.get("image_size"), meta.get("image_size"), meta.get("channels"))
+    if meta.get("image_size") is not None and shape != stated:
+        raise ValueError(f"{path}: its meta says {stated} images, but the images are {shape}.")
+    return meta.get("dataset") or "digits"
+
+
 def evaluate_from_cli(args) -> int:
     """``python -m ddpm_helpers evaluate --samples samples.npz``: print the metric, the floor and the ratio."""
+    from ddpm_helpers.sample_files import load_samples
+
     path = Path(args.samples)
     try:
-        if not path.exists():
-            raise ValueError(f"{path} does not exist: write it with `python -m ddpm_helpers sample ... --out {path}`.")
-        with np.load(path, allow_pickle=False) as stored:
-            if "images" not in stored:
-                raise ValueError(f"{path} has no 'images' array (found {', '.join(stored.files)}).")
-            images = stored["images"]
-            meta = json.loads(str(stored["meta"])) if "meta" in stored else {}
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"{path}: images must be uint8 N x H x W x C, got {images.dtype} {images.shape}.")
-        data = meta.get("dataset") or "digits"
+        images, _, meta = load_samples(path)
+        data = data_of_sample_file(path, images, meta)
         result = evaluate_samples(images, data=data, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

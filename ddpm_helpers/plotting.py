@@ -16,7 +16,18 @@ def to_display_range(images) -> np.ndarray:
 
 
 def to_uint8(images) -> np.ndarray:
-    """Map images from [-1, 1] to uint8 0..255 (for files such as ``samples.npz``)."""
+    """Map images from [-1, 1] to uint8 0..255 (for files such as ``samples.npz``).
+
+    NaN or infinite values raise ``ValueError``: they would silently become black pixels.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    finite = np.isfinite(images)
+    if not finite.all():
+        raise ValueError(
+            f"{int(finite.size - finite.sum())} of {finite.size} values are NaN or infinite: these "
+            "images are broken (e.g. sampled from a diverged model), not black. Retrain the model "
+            "or load weights from before the divergence."
+        )
     return np.round(to_display_range(images) * 255.0).astype(np.uint8)
 
 

@@ -140,13 +140,14 @@ def get_profile(name: str | None = None) -> Profile:
 
     Raises ``ValueError`` naming the valid profiles when the name is unknown.
     """
+    source = "argument"
     if name is None:
         name = os.environ.get(PROFILE_ENV_VAR, "default").strip() or "default"
+        source = "$" + PROFILE_ENV_VAR
     try:
         return PROFILES[name]
     except KeyError:
         valid = ", ".join(sorted(PROFILES))
-        raise ValueError(
-            f"Unknown profile {name!r} (from {'$' + PROFILE_ENV_VAR if name else 'argument'}). "
-            f"Valid profiles: {valid}. Set e.g. {PROFILE_ENV_VAR}=default."
-        ) from None
+        fix = (f"Set e.g. {PROFILE_ENV_VAR}=default." if source != "argument"
+               else "Pass one of them, e.g. get_profile('default').")
+        raise ValueError(f"Unknown profile {name!r} (from the {source}). Valid profiles: {valid}. {fix}") from None

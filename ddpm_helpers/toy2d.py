@@ -6,12 +6,15 @@ samplers of :mod:`ddpm_helpers.sampling`) on points ``x`` of shape (B, 2) instea
 (B, H, W, C). This module adds only what is specific to 2-D data:
 
 - :func:`make_toy_data`: three data sets generated in code (no download), with class labels
-  on request (:func:`nearest_gaussian` classifies the eight Gaussians);
+  on request (:func:`nearest_gaussian` classifies the eight Gaussians), from
+  :mod:`ddpm_helpers.toy_data`;
 - :func:`build_mlp_denoiser`: a small MLP noise predictor ``model([x_t, t]) -> eps`` (or
   ``model([x_t, t, label])``) with the U-Net's sinusoidal time embedding;
 - :func:`toy_settings`: the sizes of the 2-D experiments for a profile;
 - :func:`train_toy`: the training loop around :func:`ddpm_helpers.training.make_train_step`;
-- :func:`sliced_wasserstein`, :func:`evaluate_toy`: the quality metric and its data-vs-data floor.
+- :func:`sliced_wasserstein`, :func:`evaluate_toy`: the quality metric and its data-vs-data floor
+  (Eq. (eq-sliced-wasserstein)), from :mod:`ddpm_helpers.toy_data`;
+- :func:`clipped_noise_predictor` and :func:`cloud_animation`: sampling points, and watching them.
 """
 
 from __future__ import annotations
@@ -22,154 +25,20 @@ import time
 
 import numpy as np
 
-TOY_DATASETS = ("two_moons", "swiss_roll", "eight_gaussians")
-TOY_NUM_CLASSES = {"two_moons": 2, "swiss_roll": 3, "eight_gaussians": 8}
-EIGHT_GAUSSIAN_CENTRES = 1.4 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
-
-# Shift and scale that give the two moons mean ~0 and standard deviation ~1 in both coordinates.
-_MOONS_CENTRE = np.array([0.5, 0.25])
-_MOONS_SCALE = np.array([0.87, 0.5])
-_ROLL_CENTRE = np.array([0.28, 0.02])
-
-
-def make_toy_data(name: str, n: int, seed: int = 0, *, labels: bool = False):
-    """``n`` independent points of a named 2-D data set, float32 (n, 2), roughly mean 0 and variance 1.
-
-    - ``"two_moons"``: two interleaved half circles (each point picks a moon at random), noise 0.05;
-      label = the moon (0 upper, 1 lower);
-    - ``"swiss_roll"``: a 2-D spiral; label = which third of the spiral (0 inner ... 2 outer);
-    - ``"eight_gaussians"``: a mixture of 8 small Gaussians on a circle; label = the Gaussian.
-
-    Every point is drawn independently (also which moon or which Gaussian it belongs to), so two
-    draws with different seeds differ the way a perfect generator's samples differ from the data:
-    that is what makes the data-vs-data floor of :func:`evaluate_toy` fair. With ``labels=True``
-    returns ``(points, labels)`` with int32 labels in ``range(TOY_NUM_CLASSES[name])``.
-    Raises ``ValueError`` for an unknown name or a non-positive ``n``.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive number of points, got {n!r}.")
-    rng = np.random.default_rng(seed)
-    if name == "two_moons":
-        angle = math.pi * rng.random(n)
-        classes = (rng.random(n) < 0.5).astype(np.int32)
-        points = np.where(classes[:, None] == 0,
-                          np.stack([np.cos(angle), np.sin(angle)], axis=1),
-                          np.stack([1.0 - np.cos(angle), 0.5 - np.sin(angle)], axis=1))
-        points = points + 0.05 * rng.standard_normal((n, 2))
-        points = (points - _MOONS_CENTRE) / _MOONS_SCALE
-    elif name == "swiss_roll":
-        u = rng.random(n)
-        angle = 1.5 * np.pi * (1.0 + 2.0 * u)
-        classes = np.minimum((3 * u).astype(np.int32), 2)
-        points = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / 7.0 - _ROLL_CENTRE
-        points += 0.05 * rng.standard_normal((n, 2))
-    elif name == "eight_gaussians":
-        classes = rng.integers(0, 8, n).astype(np.int32)
-        points = EIGHT_GAUSSIAN_CENTRES[classes] + 0.1 * rng.standard_normal((n, 2))
-    else:
-        raise ValueError(f"Unknown toy data set {name!r}. Valid names: {', '.join(TOY_DATASETS)}.")
-    points = points.astype(np.float32)
-    return (points, classes.astype(np.int32)) if labels else points
-
-
-def nearest_gaussian(points) -> np.ndarray:
-    """The index (int32, (n,)) of the nearest centre of ``"eight_gaussians"``: a perfect classifier for it."""
-    points = np.asarray(points, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError(f"points must have shape (n, 2), got {points.shape}.")
-    distances = np.sum((points[:, None, :] - EIGHT_GAUSSIAN_CENTRES[None]) ** 2, axis=-1)
-    return distances.argmin(axis=1).astype(np.int32)
-
-
-# --------------------------------------------------------------------------------------------
-# Quality: sliced Wasserstein distance and its floor
-# --------------------------------------------------------------------------------------------
-
-def projection_directions(dim: int, num_projections: int = 256, seed: int = 0) -> np.ndarray:
-    """``num_projections`` random unit vectors in ``dim`` dimensions, as the columns of a (dim, P) array."""
-    if num_projections < 1:
-        raise ValueError(f"num_projections must be at least 1, got {num_projections}.")
-    rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((dim, num_projections))
-    return directions / np.linalg.norm(directions, axis=0, keepdims=True)
-
-
-def _sorted_projections(points, directions) -> np.ndarray:
-    """(P, n): the projections of the points on each direction, sorted (one row per direction)."""
-    return np.sort(directions.T @ np.asarray(points, dtype=np.float64).T, axis=1)
-
-
-def sliced_wasserstein(a, b, num_projections: int = 256, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between two equally sized point clouds (n, d).
-
-    ``SW_2(a, b)^2`` is the mean over random unit directions ``u`` of ``W_2^2`` between the 1-D
-    projections ``a u`` and ``b u``; in one dimension optimal transport pairs the sorted points,
-    so ``W_2^2`` there is the mean squared difference of the sorted projections. Chapter
-    "Diffusion in two dimensions", Eq. (eq-sliced-wasserstein). The directions
-    (:func:`projection_directions`) depend only on ``seed``, so the same ``seed`` gives
-    comparable numbers.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"Need two point clouds of the same shape (n, d); got {a.shape} and {b.shape}.")
-    directions = projection_directions(a.shape[1], num_projections, seed)
-    return float(np.sqrt(np.mean((_sorted_projections(a, directions) - _sorted_projections(b, directions)) ** 2)))
-
-
-@dataclasses.dataclass
-class ToyEvaluation:
-    """Sliced Wasserstein distances of samples to fresh data, beside the data-vs-data floor.
-
-    ``distance`` is the mean over ``repeats`` fresh data sets of the distance samples <-> data;
-    ``floor`` the mean distance between two fresh data sets of the same size ``n`` (what a
-    perfect generator would score) and ``floor_std`` its spread; ``ratio = distance / floor``.
-    """
-
-    name: str
-    n: int
-    distance: float
-    floor: float
-    floor_std: float
-    ratio: float
-    distances: list
-    floors: list
-
-    def summary(self) -> str:
-        return (f"{self.name}: sliced Wasserstein {self.distance:.4f} | floor (data vs data) "
-                f"{self.floor:.4f} +- {self.floor_std:.4f} | ratio {self.ratio:.2f} | n = {self.n}")
-
-
-def evaluate_toy(samples, name: str, *, repeats: int = 5, seed: int = 10_000) -> ToyEvaluation:
-    """Score ``samples`` (n, 2) of data set ``name`` against ``repeats`` fresh draws of the same size.
-
-    Fresh data sets use seeds ``seed, seed + 1, ...`` (far from the seeds used for training), the
-    floor compares pairs of them; every distance is :func:`sliced_wasserstein` with its default
-    projections.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.ndim != 2 or samples.shape[1] != 2:
-        raise ValueError(f"samples must have shape (n, 2), got {samples.shape}.")
-    if not np.all(np.isfinite(samples)):
-        raise ValueError(f"samples hold {int(np.sum(~np.isfinite(samples)))} NaN/inf values: training diverged.")
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}.")
-    n = len(samples)
-    directions = projection_directions(2)  # those of sliced_wasserstein's default seed
-
-    def distance(sorted_a, sorted_b):
-        return float(np.sqrt(np.mean((sorted_a - sorted_b) ** 2)))
-
-    projected = _sorted_projections(samples, directions)
-    distances, floors = [], []
-    for r in range(repeats):
-        fresh = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r), directions)
-        other = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r + 1), directions)
-        distances.append(distance(projected, fresh))
-        floors.append(distance(other, fresh))
-    distance, floor = float(np.mean(distances)), float(np.mean(floors))
-    return ToyEvaluation(name=name, n=n, distance=distance, floor=floor, floor_std=float(np.std(floors)),
-                         ratio=distance / floor, distances=distances, floors=floors)
-
+from ddpm_helpers.toy_data import (  # noqa: F401 (re-exported)
+    _MOONS_CENTRE,
+    _MOONS_SCALE,
+    _ROLL_CENTRE,
+    EIGHT_GAUSSIAN_CENTRES,
+    TOY_DATASETS,
+    TOY_NUM_CLASSES,
+    ToyEvaluation,
+    evaluate_toy,
+    make_toy_data,
+    nearest_gaussian,
+    projection_directions,
+    sliced_wasserstein,
+)
 
 # --------------------------------------------------------------------------------------------
 # The denoiser
@@ -308,6 +177,7 @@ def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rat
     import tensorflow as tf
 
     from ddpm_helpers.diffusion import diffusion_loss
+    from ddpm_helpers.pages import ProgressBar
     from ddpm_helpers.training import RUNNING_LOSS_DECAY, ExponentialMovingAverage, make_learning_rate, make_train_step
 
     data = np.asarray(data, dtype=np.float32)
@@ -339,8 +209,7 @@ def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rat
     train_step = make_train_step(model, optimizer, schedule, loss_fn, ema=ema, seed=seed,
                                  num_classes=num_classes, label_dropout=label_dropout)
     rng = np.random.default_rng(seed)
-    bar = keras.utils.Progbar(steps, unit_name="step", interval=10.0,
-                              stateful_metrics=["loss"]) if progress else None
+    bar = ProgressBar(steps, unit="step", enabled=progress, stateful_metrics=["loss"])
     history = {"step": [], "loss": [], "running_loss": []}
     running = None
     no_labels = tf.zeros([batch_size], tf.int32)
@@ -355,8 +224,7 @@ def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rat
         history["step"].append(step + 1)
         history["loss"].append(value)
         history["running_loss"].append(running)
-        if bar is not None:
-            bar.update(step + 1, [("loss", running)], finalize=step + 1 == steps)
+        bar.update(step + 1, [("loss", running)], finalize=step + 1 == steps)
     return ToyRun(model=model, ema_model=ema_model, schedule=schedule, history=history,
                   seconds=time.perf_counter() - began, steps=int(steps), data=data, ema=ema)
 
@@ -380,22 +248,22 @@ def clipped_noise_predictor(model_or_fn, schedule, limit: float = X0_LIMIT):
     import tensorflow as tf
 
     from ddpm_helpers.diffusion import predict_noise_from_x0, predict_x0_from_noise
-    from ddpm_helpers.sampling import as_noise_predictor
+    from ddpm_helpers.predictors import NoisePredictor, as_noise_predictor
 
     if not limit > 0:
         raise ValueError(f"limit must be positive (the half-width of the box for x_0), got {limit!r}.")
     predict = as_noise_predictor(model_or_fn)
     limit = float(limit)
 
-    def predict_noise(x, t, labels=None):
-        eps = predict(x, t, labels)
+    def predict_noise(x, t, labels, *args):
+        eps = predict.fn(x, t, labels, *args)
         x0 = tf.clip_by_value(predict_x0_from_noise(schedule, x, t, eps), -limit, limit)
         return predict_noise_from_x0(schedule, x, t, x0)
 
-    predict_noise._is_noise_predictor = True
-    predict_noise.conditional = getattr(predict, "conditional", False)
-    predict_noise.limit = limit
-    return predict_noise
+    # Compiled loops are shared with every clipped predictor of the same model, schedule and box.
+    return NoisePredictor(predict_noise, owner=predict.owner, args=predict.args,
+                          key=predict.key + ("clip", schedule, limit),
+                          conditional=predict.conditional, limit=limit)
 
 
 # --------------------------------------------------------------------------------------------

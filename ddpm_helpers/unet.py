@@ -204,73 +204,6 @@ class AttentionBlock(layers.Layer):
                 "groups": self.groups}
 
 
-def attention_cost(tokens: int, channels: int, num_heads: int, key_dim: int) -> dict:
-    """Parameters and multiply-accumulates (MACs, per image) of one :class:`AttentionBlock`.
-
-    - parameters: ``4 C h d`` weights of the query, key, value and output projections, plus
-      ``3 h d + C`` biases, plus ``2 C`` of the GroupNorm;
-    - MACs: ``4 N C h d`` for the four projections and ``2 N^2 h d`` for the scores ``Q K^T`` and
-      the weighted sum of the values (softmax and normalisation are not counted).
-
-    ``N`` is the number of tokens (pixels), ``C`` the channels, ``h`` the heads, ``d`` the key dim.
-    Chapter "The U-Net", Eqs. (eq-attention-params) and (eq-attention-macs).
-    """
-    n, c, h, d = int(tokens), int(channels), int(num_heads), int(key_dim)
-    projections = 4 * n * c * h * d
-    mixing = 2 * n * n * h * d
-    return {
-        "params": 4 * c * h * d + 3 * h * d + c + 2 * c,
-        "projection_macs": projections,
-        "mixing_macs": mixing,
-        "macs": projections + mixing,
-    }
-
-
-def residual_block_cost(tokens: int, in_channels: int, width: int, embedding_dim: int) -> dict:
-    """Parameters and multiply-accumulates (MACs, per image) of one :class:`ResidualBlock`.
-
-    With N = tokens (H*W), C_in input channels, C = width and E = embedding_dim:
-
-    - parameters: ``2 C_in + (9 C_in C + C) + (E C + C) + 2 C + (9 C^2 + C)``, plus
-      ``C_in C + C`` for the 1x1 shortcut when ``C_in != C``;
-    - MACs: ``9 N C_in C + E C + 9 N C^2``, plus ``N C_in C`` for the shortcut.
-
-    Chapter "The U-Net", Eqs. (eq-res-params) and (eq-res-macs).
-    """
-    n, c_in, c, e = int(tokens), int(in_channels), int(width), int(embedding_dim)
-    projected = c_in != c
-    return {
-        "params": 2 * c_in + 9 * c_in * c + c + e * c + c + 2 * c + 9 * c * c + c + projected * (c_in * c + c),
-        "macs": 9 * n * c_in * c + e * c + 9 * n * c * c + projected * n * c_in * c,
-    }
-
-
-def macs_by_layer(model: keras.Model) -> dict[str, int]:
-    """Multiply-accumulates per image of every layer of a U-Net that does any (convolutions, dense
-    layers, residual and attention blocks); normalisation, activations and additions are not counted.
-    """
-    counts = {}
-    for layer in model.layers:
-        if isinstance(layer, ResidualBlock):
-            _, h, w, c_in = _input_shape(layer)
-            counts[layer.name] = residual_block_cost(h * w, c_in, layer.width, layer.time_proj.kernel.shape[0])["macs"]
-        elif isinstance(layer, AttentionBlock):
-            _, h, w, c = layer.output.shape
-            counts[layer.name] = attention_cost(h * w, c, layer.num_heads, layer.key_dim)["macs"]
-        elif isinstance(layer, layers.Conv2D):
-            _, h, w, _ = layer.output.shape
-            counts[layer.name] = h * w * math.prod(layer.kernel.shape)
-        elif isinstance(layer, layers.Dense):
-            counts[layer.name] = math.prod(layer.kernel.shape)
-    return counts
-
-
-def _input_shape(layer) -> tuple:
-    """Shape of the first input of a layer of a functional model (``x`` for a residual block)."""
-    inputs = layer.input
-    return tuple((inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape)
-
-
 # --------------------------------------------------------------------------------------------
 # The U-Net
 # --------------------------------------------------------------------------------------------
@@ -425,3 +358,11 @@ def unet_config(profile) -> dict:
 def build_unet_for_profile(profile, num_classes: int | None = None) -> keras.Model:
     """:func:`build_unet` with the sizes of ``profile`` (a :class:`ddpm_helpers.profiles.Profile`)."""
     return build_unet(**unet_config(profile), num_classes=num_classes, name="unet")
+
+
+from ddpm_helpers.unet_costs import (  # noqa: E402,F401 (re-exported)
+    _input_shape,
+    attention_cost,
+    macs_by_layer,
+    residual_block_cost,
+)

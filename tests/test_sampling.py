@@ -1,4 +1,10 @@
-"""Tests of ddpm_helpers.sampling, driven by the closed-form optimal noise predictor of Gaussian data.
+"""Tests of ddpm_helpers.sampling: exact steps and loops against NumPy, and moments of the samplers.
+
+The first part compares single steps and whole loops at T = 20 with a plain float64 NumPy
+reference written here from the papers' formulas (only the betas and the noise are shared with the
+package), for a noise predictor that depends on x and t.
+
+The second part is driven by the closed-form optimal noise predictor of Gaussian data.
 
 For data x_0 ~ N(mu, sigma^2) (each pixel independent), x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps is
 Gaussian too and the best noise prediction is E[eps | x_t] = sqrt(1 - ab) (x_t - sqrt(ab) mu) /
@@ -9,6 +15,9 @@ Monte-Carlo error, and the fine-grained ones must give back mu and sigma^2.
 """
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -126,14 +135,6 @@ def test_ddim_oracle_matches_exact(schedule, oracle, steps, eta):
         assert_moments(result.images, MU, SIGMA2, f"DDIM {steps} steps, eta {eta} vs the data")
 
 
-def test_ddim_eta1_all_steps_is_ddpm(schedule, oracle):
-    # With eta = 1 on every step, DDIM's sigma is sqrt(beta_tilde) and its mean the posterior mean.
-    x_T = np.random.default_rng(0).standard_normal((8, 2, 2, 1)).astype(np.float32)
-    ddpm = sampling.ddpm_sample(oracle, schedule, x_T.shape, x_T=x_T, seed=7)
-    ddim = sampling.ddim_sample(oracle, schedule, x_T.shape, x_T=x_T, steps=1000, eta=1.0, seed=7)
-    np.testing.assert_allclose(ddim.images, ddpm.images, atol=2e-4)
-
-
 def test_ddim_eta0_is_deterministic(small_schedule):
     oracle = oracle_for(small_schedule)
     x_T = np.random.default_rng(1).standard_normal((4, 2, 2, 1)).astype(np.float32)
@@ -155,24 +156,6 @@ def test_fixed_seed_reproduces_and_chunking_does_not_matter(small_schedule):
     d = sampling.ddim_sample(oracle, small_schedule, shape, steps=5, eta=1.0, seed=5).images
     e = sampling.ddim_sample(oracle, small_schedule, shape, steps=5, eta=1.0, seed=5, snapshots=3).images
     np.testing.assert_array_equal(d, e)
-
-
-@pytest.mark.parametrize("sampler,steps,count", [("ddpm", 20, 5), ("ddpm", 20, 21), ("ddim", 7, 3), ("ddim", 7, 8)])
-def test_snapshots_count_times_and_memory(small_schedule, sampler, steps, count):
-    oracle = oracle_for(small_schedule)
-    shape = (3, 2, 2, 1)
-    if sampler == "ddpm":
-        result = sampling.ddpm_sample(oracle, small_schedule, shape, seed=0, snapshots=count)
-    else:
-        result = sampling.ddim_sample(oracle, small_schedule, shape, steps=steps, seed=0, snapshots=count)
-    assert result.snapshots.shape == (count,) + shape
-    assert result.snapshots.nbytes == count * result.images.nbytes  # memory grows with snapshots only
-    assert len(result.snapshot_times) == count
-    assert result.snapshot_times[0] == small_schedule.timesteps and result.snapshot_times[-1] == 0
-    assert list(result.snapshot_times) == sorted(result.snapshot_times, reverse=True)
-    np.testing.assert_array_equal(result.snapshots[-1], result.images)
-    np.testing.assert_allclose(result.snapshots[0], sampling.step_noise(0, 0, 20, shape, 20).numpy())
-    assert sampling.ddpm_sample(oracle, small_schedule, shape).snapshots is None
 
 
 def test_too_many_snapshots_is_an_error(small_schedule):
@@ -197,21 +180,6 @@ def test_last_ddpm_step_adds_no_noise(small_schedule):
     step1 = sampling.p_sample(small_schedule, sampling.as_noise_predictor(oracle), x1, t0 + 1, big)
     mean1, _, _, _ = sampling.p_mean_variance(small_schedule, sampling.as_noise_predictor(oracle), x1, t0 + 1)
     assert np.abs(step1.numpy() - mean1.numpy()).min() > 0.1
-
-
-def test_batches_and_labels_pass_through(small_schedule):
-    seen = []
-
-    def predict_noise(x, t, labels):
-        seen.append(labels)
-        return tf.zeros_like(x) + tf.reshape(tf.cast(labels, tf.float32), [-1, 1, 1, 1]) * 0.0
-
-    labels = np.array([0, 1, 2, 3, 4], dtype=np.int32)
-    result = sampling.sample(predict_noise, small_schedule, 5, (2, 2, 1), sampler="ddim", steps=4, labels=labels,
-                             batch_size=2)
-    assert result.images.shape == (5, 2, 2, 1)
-    np.testing.assert_array_equal(result.labels, labels)
-    assert seen and all(s is not None for s in seen)
 
 
 def test_keras_models_conditional_and_guidance(small_schedule):
@@ -276,3 +244,93 @@ def test_step_noise_is_standard_normal_and_the_same_under_xla():
     assert np.all(np.isfinite(many))
     assert stats.kstest(many, "norm").pvalue > 1e-3
     assert not np.allclose(sampling.step_noise(3, 1, 8, (64, 8, 8, 1), 1000).numpy(), eager)
+
+
+# ---- labels, compiled-loop cache, broken samples ----
+
+def _tiny_model(conditional=False):
+    import keras
+
+    x_in = keras.Input((2, 2, 1))
+    t_in = keras.Input((), dtype="int32")
+    inputs = [x_in, t_in]
+    if conditional:
+        inputs.append(keras.Input((), dtype="int32"))
+    return keras.Model(inputs, keras.layers.Dense(1)(x_in))
+
+
+def test_each_image_gets_its_own_label_in_every_batch(small_schedule):
+    # A predictor whose guess of x_0 is the label / 10: deterministic DDIM ends exactly there.
+    def predict_noise(x, t, labels):
+        ab = small_schedule.gather("alpha_bars", t, ndim=4)
+        target = tf.reshape(tf.cast(labels, tf.float32) / 10.0, [-1, 1, 1, 1])
+        return (x - tf.sqrt(ab) * target) / tf.sqrt(1.0 - ab)
+
+    labels = np.array([3, 1, 4, 1, 5, 9, 2], dtype=np.int32)
+    for batch_size in (None, 3, 2):
+        result = sampling.sample(predict_noise, small_schedule, 7, (2, 2, 1), sampler="ddim", steps=4, labels=labels,
+                                 batch_size=batch_size)
+        np.testing.assert_array_equal(result.labels, labels)
+        np.testing.assert_allclose(result.images[:, 0, 0, 0], labels / 10.0, atol=1e-4)
+        np.testing.assert_allclose(result.images, np.broadcast_to(labels[:, None, None, None] / 10.0, (7, 2, 2, 1)),
+                                   atol=1e-4)
+
+
+def test_compiled_loops_are_reused_and_die_with_their_model(small_schedule):
+    model = _tiny_model()
+    first = sampling.ddim_loop(small_schedule, model).compiled
+    assert sampling.ddim_loop(small_schedule, sampling.as_noise_predictor(model)).compiled is first
+    assert sampling.ddpm_loop(small_schedule, model).compiled is not first
+    sampling.ddim_sample(model, small_schedule, (3, 2, 2, 1), steps=3, seed=1)
+    sampling.ddim_sample(model, small_schedule, (3, 2, 2, 1), steps=5, eta=0.5, seed=2)
+    traces = first.experimental_get_tracing_count()  # the second length of taus generalises it
+    for steps, eta in ((7, 0.2), (9, 1.0), (4, 0.0)):
+        sampling.ddim_sample(model, small_schedule, (3, 2, 2, 1), steps=steps, eta=eta, seed=3)
+    assert first.experimental_get_tracing_count() == traces <= 2  # other step counts and eta: no trace
+    assert len(sampling.compiled_loops(model)) == 2
+    alive = weakref.ref(model)
+    del model, first
+    gc.collect()
+    assert alive() is None  # the cache did not keep the model (and its compiled loops) alive
+
+
+def test_nan_samples_raise(small_schedule):
+    from ddpm_helpers.plotting import to_uint8
+
+    def broken(x, t):
+        return x * float("nan")
+
+    with pytest.raises(ValueError, match="3 of 3 samples hold NaN"):
+        sampling.ddpm_sample(broken, small_schedule, (3, 2, 2, 1))
+    with pytest.raises(ValueError, match="NaN"):
+        sampling.sample(broken, small_schedule, 3, (2, 2, 1), sampler="ddim", steps=3)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_uint8(np.array([0.0, np.nan, 0.5]))
+    np.testing.assert_array_equal(to_uint8(np.array([-1.0, 0.0, 1.0])), [0, 128, 255])
+
+
+def test_cached_samples_reload_redraw_and_refuse_nan(small_schedule, tmp_path, capsys):
+    import json
+    import types
+
+    from ddpm_helpers import get_profile
+
+    profile = get_profile("smoke").replace(image_size=2)
+    run = types.SimpleNamespace(schedule=small_schedule, ema_model=_tiny_model(), run_dir=tmp_path, profile=profile,
+                                num_classes=None)
+    drawn = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    loaded = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    assert loaded.info["cached"] and not drawn.info["cached"]
+    np.testing.assert_array_equal(loaded.images, drawn.images)
+    path = drawn.info["path"]
+    with open(path, "wb") as handle:  # a truncated file is drawn again, with a warning
+        handle.write(b"PK\x03\x04 truncated")
+    again = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    assert "cannot read the cached samples" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.images, drawn.images)
+    with np.load(path) as stored:
+        meta = str(stored["meta"])
+    np.savez_compressed(path, images=np.full((4, 2, 2, 1), np.nan, np.float32), meta=np.array(meta))
+    assert json.loads(meta)["settings"]["steps"] == 3
+    with pytest.raises(ValueError, match="cached samples in .* hold NaN"):
+        sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
