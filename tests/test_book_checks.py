@@ -213,12 +213,27 @@ def test_sync_then_check_passes_and_url_comes_from_config(tmp_path):
     assert booktools.sync(book) and booktools.check(book) == []  # sync is idempotent
 
 
-def test_colab_cell_installs_only_in_colab():
+def test_colab_cell_installs_only_in_colab(monkeypatch):
+    import subprocess
+    import types
+
     source = booktools.colab_cell_source("https://example.org/x/y", "main")
-    assert 'if "google.colab" in sys.modules:' in source
-    namespace = {}
-    exec(compile(source, "<colab cell>", "exec"), namespace)  # outside Colab: installs nothing
-    assert "google.colab" not in sys.modules
+    calls, real_run = [], subprocess.run
+
+    def fake_run(argv, *args, **kwargs):  # record pip; let anything else (platform.processor) run
+        if "pip" not in argv:
+            return real_run(argv, *args, **kwargs)
+        calls.append((argv, kwargs))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(compile(source, "<colab cell>", "exec"), {})  # outside Colab: installs nothing
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(source, "<colab cell>", "exec"), {})  # in Colab: one pip install of the package
+    assert calls == [([sys.executable, "-m", "pip", "install", "-q",
+                       "ddpm_helpers @ git+https://example.org/x/y@main"], {"check": True})]
 
 
 def test_repository_url_is_required(tmp_path):

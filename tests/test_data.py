@@ -106,6 +106,73 @@ def test_unreadable_image_is_named(tmp_path):
     assert "000099.jpg" in str(error.value)
 
 
+def _decoded_reference(path, size):
+    """A file as the pipeline should store it: centre square, bilinear resize (TensorFlow), uint8."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    h, w = pixels.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = pixels[top:top + side, left:left + side]
+    resized = tf.image.resize(square, (size, size), method="bilinear").numpy()
+    return np.round(np.clip(resized, 0, 255)).astype(np.uint8)
+
+
+def test_hidden_files_are_neither_checked_nor_read(tmp_path):
+    """What tf.data actually yields for a folder with macOS resource forks and hidden folders."""
+    folder = _write_pngs(tmp_path / "faces", 3, size=(20, 16))
+    (folder / "._000000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (folder / ".thumbnails").mkdir()
+    (folder / ".thumbnails" / "x.png").write_bytes(b"not an image either")
+    (folder / "__MACOSX").mkdir()
+    (folder / "__MACOSX" / "._000001.png").write_bytes(b"\x00\x05\x16\x07")
+    source = data.load_image_folder(folder, 8, 3)
+    assert [p.name for p in source.files] == ["000000.png", "000001.png", "000002.png"]
+    yielded = [image for image, _ in _all(source.dataset)]
+    assert len(yielded) == source.count == 3
+    for image, file in zip(yielded, source.files):
+        np.testing.assert_allclose(image, _decoded_reference(file, 8) / 127.5 - 1.0, atol=1e-6)
+    batches = _all(data.make_pipeline(source, 3, seed=0))  # the training batches: no decode error
+    assert len(batches) == 1 and batches[0][0].shape == (3, 8, 8, 3)
+
+
+def test_broken_image_is_named_before_training(tmp_path):
+    folder = _write_pngs(tmp_path / "faces", 3)
+    good = (folder / "000000.png").read_bytes()
+    (folder / "000001.png").write_bytes(good[: len(good) // 3])  # truncated
+    with pytest.raises(ValueError, match="cannot be read") as error:
+        data.load_image_folder(folder, 8, 3)
+    assert "000001.png" in str(error.value) and "000000.png" not in str(error.value)
+    assert [p.name for p, _ in data.find_unreadable_images(data.list_image_files(folder))] == ["000001.png"]
+
+
+def test_folder_cache_holds_uint8_and_the_shuffle_is_global(tmp_path, monkeypatch):
+    from ddpm_helpers import image_folders
+
+    folder = _write_pngs(tmp_path / "faces", 40, size=(9, 9))
+    source = data.load_image_folder(folder, 4, 3)
+    assert source.in_memory
+    stored = next(iter(source.cached()))[0]
+    assert stored.dtype == tf.uint8  # the in-memory cache holds uint8, scaled to [-1, 1] after it
+    batch = next(iter(data.make_pipeline(source, 10, seed=1)))[0]
+    assert batch.dtype == tf.float32 and float(tf.reduce_min(batch)) >= -1.0
+
+    def order(source, epoch):
+        first = {tuple(np.asarray(image).ravel()): i for i, (image, _) in enumerate(_all(source.dataset))}
+        return [first[tuple(image.ravel())] for x, _ in _all(data.make_pipeline(source, 10, seed=1, epoch=epoch, augment=False))
+                for image in x]
+
+    orders = [order(source, epoch) for epoch in range(4)]
+    # Global: the first batch of an epoch draws from the whole folder, not from its first files.
+    assert max(max(o[:10]) for o in orders) >= 30
+    # A folder too large for memory is decoded every epoch after shuffling its file names: same batches.
+    monkeypatch.setattr(image_folders, "CACHE_LIMIT_BYTES", 10)
+    streamed = data.load_image_folder(folder, 4, 3)
+    assert not streamed.in_memory
+    assert [order(streamed, epoch) for epoch in range(4)] == orders
+
+
 def test_unknown_data_set_lists_the_valid_ones():
     with pytest.raises(ValueError, match="digits"):
         data.load_data("imagenet", 8, 1)
@@ -173,5 +240,16 @@ def test_iterate_batches_resumes_at_any_step_across_epochs():
 
 def test_too_few_images_for_one_batch():
     source, _ = _toy_source(3)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one batch.*smaller batch_size"):
         source.steps_per_epoch(4)
+
+
+def test_shuffle_is_global_beyond_ten_thousand_images():
+    # With a local buffer of 10,000, image 11,000 could not appear before position 1,000.
+    count = 12_000
+    images = np.repeat((np.arange(count, dtype=np.float32) / count)[:, None, None, None], 2, axis=1)
+    source = data.from_arrays(np.broadcast_to(images, (count, 2, 2, 1)).copy())
+    first = np.concatenate([x[:, 0, 0, 0] for x, _ in _all(data.make_pipeline(source, 1000, seed=0).take(1))])
+    index = np.round(first * count).astype(int)
+    assert len(set(index)) == 1000
+    assert np.sum(index >= 11_000) > 40  # about 1000 / 12 expected

@@ -152,3 +152,46 @@ def test_guidance_improves_agreement_with_the_requested_class():
     assert unconditional.agreement < 0.3  # about 1/8: w = 0 ignores the label
     assert guided.agreement > 0.8
     assert guided.diversity < unconditional.diversity  # guided samples of a class stay in one Gaussian
+
+
+# ---------------------------------------------------------------- labels and scales reach the right images
+
+
+def _label_model(schedule, num_classes=10):
+    """A conditional model whose guess of x_0 is label / 10 (the null label: 0), built from Keras layers.
+
+    eps = (x - sqrt(alpha_bar_t) target) / sqrt(1 - alpha_bar_t), so deterministic DDIM ends at
+    the target, and the guided target is w * label / 10.
+    """
+    x_in = keras.Input((2, 2, 1), name="x")
+    t_in = keras.Input((), dtype="int32", name="t")
+    label_in = keras.Input((), dtype="int32", name="label")
+    ab = schedule.alpha_bars.astype(np.float32)
+    targets = np.append(np.arange(num_classes) / 10.0, 0.0).astype(np.float32)[:, None]
+
+    def table(name, values):
+        return keras.layers.Embedding(len(values), 1, name=name, trainable=False,
+                                      embeddings_initializer=keras.initializers.Constant(values))
+
+    sqrt_ab = keras.layers.Reshape((1, 1, 1))(table("sqrt_ab", np.sqrt(ab)[:, None])(t_in))
+    inv = keras.layers.Reshape((1, 1, 1))(table("inv", 1.0 / np.sqrt(1.0 - ab)[:, None])(t_in))
+    target = keras.layers.Reshape((1, 1, 1))(table("label_embedding", targets)(label_in))
+    eps = keras.layers.Multiply()([keras.layers.Subtract()([x_in, keras.layers.Multiply()([sqrt_ab, target])]), inv])
+    return keras.Model([x_in, t_in, label_in], eps)
+
+
+def test_guided_samples_follow_their_own_labels_and_scale_without_retracing():
+    from ddpm_helpers import sampling
+
+    schedule = make_schedule("cosine", 20)
+    model = _label_model(schedule)
+    labels = np.array([3, 1, 4, 1, 5, 9, 2], dtype=np.int32)
+    for scale, batch_size in ((1.0, 3), (0.5, 2), (1.5, 3), (0.0, None)):
+        result = guidance.guided_sample(model, schedule, labels, scale, steps=4, batch_size=batch_size, clip_x0=False)
+        np.testing.assert_allclose(result.images[:, 1, 0, 0], scale * labels / 10.0, atol=1e-4)
+        np.testing.assert_array_equal(result.labels, labels)
+    loop = sampling.ddim_loop(schedule, guidance.classifier_free_guidance(model, 2.0, 10), clip_x0=False)
+    traces = loop.compiled.experimental_get_tracing_count()
+    guidance.guided_sample(model, schedule, labels[:3], 2.5, steps=4, clip_x0=False)
+    guidance.guided_sample(model, schedule, labels[:3], -1.0, steps=4, clip_x0=False)
+    assert loop.compiled.experimental_get_tracing_count() == traces  # a new scale is a new input, not a trace

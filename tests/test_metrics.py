@@ -61,6 +61,15 @@ def test_singular_covariances_are_handled():
     assert np.isfinite(value) and value == pytest.approx(numpy_frechet(a, b), rel=1e-3)
 
 
+def test_large_imaginary_part_of_the_root_raises():
+    # Not covariances: sqrtm(I @ -I) = i I. Dropping the imaginary part would give a wrong number.
+    with pytest.raises(ValueError, match="imaginary part of 1"):
+        metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), -np.eye(3))
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((20, 6))
+    assert np.isfinite(metrics.frechet_distance_of_features(a, a[::-1] + 0.1))  # round-off is tolerated
+
+
 def test_bad_shapes():
     with pytest.raises(ValueError, match="Shapes do not match"):
         metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
@@ -89,7 +98,7 @@ def test_classifier_is_accurate_and_cached(evaluator, runs_dir, capsys):
 
 def test_metric_orders_real_shifted_and_noise(evaluator):
     n = 200
-    real = evaluator.held_out_images[:n]
+    real = evaluator.train_images[-n:]  # real digits that are not in the held-out reference
     same = evaluator.evaluate(evaluator.held_out_images)
     assert same.fd == pytest.approx(0.0, abs=1e-4)  # the held-out set against itself
     real_result = evaluator.evaluate(real)
@@ -124,6 +133,52 @@ def test_evaluate_cli(evaluator, tmp_path, runs_dir, monkeypatch, capsys):
     np.savez(tmp_path / "bad.npz", images=np.zeros((4, 8, 8, 1), np.float32))
     assert main(["evaluate", "--samples", str(tmp_path / "bad.npz")]) == 1
     assert "uint8" in capsys.readouterr().err
+
+
+def _cli(path):
+    import argparse
+
+    return metrics.evaluate_from_cli(argparse.Namespace(samples=str(path), seed=0))
+
+
+def test_evaluate_names_what_is_wrong_with_a_sample_file(evaluator, tmp_path, runs_dir, monkeypatch, capsys):
+    from ddpm_helpers.sampling import save_samples
+
+    monkeypatch.setenv("DDPM_RUNS_DIR", str(runs_dir))
+    good = save_samples(tmp_path / "good.npz", evaluator.train_images[:80], meta={"dataset": "digits"})
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:300])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not an npz file at all" * 10)
+    bad_meta = tmp_path / "bad_meta.npz"
+    np.savez(bad_meta, images=np.zeros((80, 8, 8, 1), np.uint8), meta=np.array("{not json"))
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, images=np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8))
+    for path, message in [(truncated, "not a readable .npz file"), (garbage, "not a readable .npz file"),
+                          (bad_meta, "'meta' is not valid JSON"), (rgb, "no 'meta' naming its data set"),
+                          (tmp_path / "missing.npz", "does not exist")]:
+        assert _cli(path) == 1
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err, err
+        assert "Traceback" not in err
+
+
+def test_one_image_is_refused_before_any_classifier_is_trained(tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the classifier was trained")
+
+    monkeypatch.setattr(metrics, "load_or_train_classifier", no_training)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        metrics.evaluate_samples(np.zeros((1, 8, 8, 1), np.uint8), runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.evaluate_samples(np.full((5, 8, 8, 1), np.nan, np.float32), runs_dir=tmp_path)
+
+
+def test_fewer_images_than_features_warn(evaluator):
+    with pytest.warns(UserWarning, match="Only 20 images for 64 features"):
+        evaluator.evaluate(evaluator.train_images[:20])
+    with pytest.raises(ValueError, match="NaN"):
+        evaluator.evaluate(np.full((100, 8, 8, 1), np.nan, np.float32))
 
 
 def test_unlabelled_data_is_refused():

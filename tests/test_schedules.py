@@ -258,3 +258,15 @@ def test_schedule_properties(spec):
         np.sqrt(schedule.alpha_bars_prev),
         rtol=1e-9,
     )
+
+
+def test_unknown_profile_blames_where_its_name_came_from(monkeypatch):
+    from ddpm_helpers.profiles import PROFILE_ENV_VAR, get_profile
+
+    monkeypatch.setenv(PROFILE_ENV_VAR, "default")
+    with pytest.raises(ValueError, match=r"Unknown profile 'sed' \(from the argument\)") as error:
+        get_profile("sed")
+    assert PROFILE_ENV_VAR not in str(error.value)
+    monkeypatch.setenv(PROFILE_ENV_VAR, "sed")
+    with pytest.raises(ValueError, match=r"from the \$DDPM_PROFILE\).*Set e.g. DDPM_PROFILE=default"):
+        get_profile()

@@ -203,6 +203,25 @@ def test_every_profile_builds_and_runs(name):
     assert unet_config(profile)["widths"] == profile.widths
 
 
+def test_seed_profile_architecture_is_pinned():
+    """The original CelebA tutorial's network: attention at 16x16 and in the bottleneck only."""
+    model = build_unet_for_profile(PROFILES["seed"])
+    attention = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers
+                 if isinstance(layer, AttentionBlock)}
+    assert attention == {"down1_res0_attention": (16, 16, 64), "down1_res1_attention": (16, 16, 64),
+                         "mid_attention": (4, 4, 256),
+                         "up1_res0_attention": (16, 16, 64), "up1_res1_attention": (16, 16, 64)}
+    blocks = [tuple(layer.output.shape[1:]) for layer in model.layers if isinstance(layer, ResidualBlock)]
+    # two per level on the way down and up (4 levels), two in the bottleneck
+    assert sorted(set(blocks)) == [(4, 4, 256), (8, 8, 128), (16, 16, 64), (32, 32, 32)]
+    assert {size: blocks.count(size) for size in set(blocks)} == {
+        (32, 32, 32): 4, (16, 16, 64): 4, (8, 8, 128): 4, (4, 4, 256): 6}
+    for layer in model.layers:
+        if isinstance(layer, AttentionBlock):
+            assert (layer.num_heads, layer.key_dim) == (8, 256)
+    assert model.count_params() == 16_440_739
+
+
 def test_output_depends_on_t():
     keras.utils.set_random_seed(0)
     model = build_unet(**small())
@@ -234,17 +253,39 @@ def test_conditional_model_label_changes_output():
     assert model.get_layer("label_embedding").input_dim == 11
 
 
+ROUND_TRIP = """
+import sys
+import keras
+import numpy as np
+import ddpm_helpers.unet  # importing the module registers its layers, nothing else does
+folder = sys.argv[1]
+model = keras.saving.load_model(folder + "/unet.keras", safe_mode=True)
+inputs = list(np.load(folder + "/inputs.npz").values())
+np.save(folder + "/outputs.npy", np.asarray(model(inputs)))
+print(model.count_params())
+"""
+
+
 @pytest.mark.parametrize("num_classes", [None, 4])
-def test_keras_file_round_trip_safe_mode(tmp_path, num_classes):
+def test_keras_file_round_trip_in_a_fresh_process(tmp_path, num_classes):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     keras.utils.set_random_seed(0)
     model = build_unet(**small(), num_classes=num_classes)
     x, t = batch(model)
     inputs = [x, t] if num_classes is None else [x, t, np.array([0, 4, 2], "int32")]
-    path = tmp_path / "unet.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    assert loaded.count_params() == model.count_params()
-    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
+    model.save(tmp_path / "unet.keras")
+    np.savez(tmp_path / "inputs.npz", *inputs)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) == model.count_params()
+    np.testing.assert_array_equal(np.load(tmp_path / "outputs.npy"), np.asarray(model(inputs)))
 
 
 def test_weights_h5_round_trip(tmp_path):
