@@ -222,7 +222,7 @@ def evaluate_from_cli(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"samples:  {path} ({result.n} images, data {data!r})")
-    print(f"metric:   Frechet distance in the book's digit-classifier features (NOT Inception FID)")
+    print("metric:   Frechet distance in the book's digit-classifier features (NOT Inception FID)")
     print(f"FD:       {result.fd:.3f}")
     print(f"floor:    {result.floor:.3f} +- {result.floor_std:.3f} (real training vs real held-out, n = {result.n})")
     print(f"ceiling:  {result.ceiling:.3f} (clipped Gaussian noise vs real held-out)")
