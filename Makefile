@@ -31,8 +31,14 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# Chapters are executed first, JOBS at a time (ddpm_helpers.bookbuild), into the jupyter-cache
+# that Jupyter Book then renders from (execute_notebooks: cache in _config.yml).
 # DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
 book: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(BIN)/python -m ddpm_helpers.bookbuild \
+	  --jobs $(JOBS) --cache _build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
 	@echo "Open $(CURDIR)/_build/html/index.html (profile: $(DDPM_PROFILE))"
 
@@ -53,6 +59,8 @@ nbval: $(INSTALLED)
 	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider book/*.ipynb
 
 strict-build: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
+	  --jobs $(JOBS) --cache _build/strict/_build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
 
 # Colab check: a venv of its own with Colab's versions (.ci/colab-requirements.txt; rebuilt when
