@@ -55,8 +55,9 @@ notebooks-check: $(INSTALLED)
 pytest: $(INSTALLED)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
 
+# One notebook per worker (--dist loadfile): a notebook's cells share one kernel.
 nbval: $(INSTALLED)
-	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider book/*.ipynb
+	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
