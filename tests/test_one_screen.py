@@ -131,13 +131,14 @@ def test_training_step_equals_package(page):
     loss_page = float(page["train_step"](x_0, t, noise))
     update_page = [w - s for w, s in zip(_weights(page), start)]
 
-    assert loss_page == pytest.approx(float(loss_eq), rel=1e-5)
-    assert loss_page == pytest.approx(loss_package, rel=1e-5)
+    # float32 rounding moves these by about 1e-7 (relative); a wrong coefficient in x_t by more.
+    assert loss_page == pytest.approx(float(loss_eq), rel=1e-6)
+    assert loss_page == pytest.approx(loss_package, rel=1e-6)
     scale = max(float(np.max(np.abs(g))) for g in grads_eq)
     assert scale > 1e-4, "the gradient is too small to compare"
     for got, grad, package in zip(update_page, grads_eq, update_package):
-        np.testing.assert_allclose(got, -grad, rtol=1e-4, atol=1e-5 * scale)
-        np.testing.assert_allclose(got, package, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(got, -grad, rtol=1e-4, atol=5e-6 * scale)
+        np.testing.assert_allclose(got, package, rtol=1e-4, atol=5e-6 * scale)
 
 
 @pytest.mark.parametrize("t_value", [0, 1, 2, 499, 998, 999])
