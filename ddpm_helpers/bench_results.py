@@ -69,3 +69,36 @@ def context_text(record: dict) -> str:
     busy = " The machine was busy, so absolute times are inflated." if was_busy(record) else ""
     return (f"Measured {record.get('date', '?')} on {machine_text(record)}, with "
             f"`{record.get('command', '?')}`.{busy}")
+
+
+# Peak throughput from the vendors' data sheets, in TFLOP/s (dense, no sparsity): float32 and
+# the mixed-precision units (float16 tensor cores on NVIDIA GPUs, bfloat16 on TPUs; a TPU has
+# no float32 peak of its own). Used by the chapter "Scaling up" for estimates, never measured.
+DEVICE_PEAKS = {
+    "T4": {"name": "NVIDIA T4", "float32": 8.1, "mixed": 65.0},
+    "A100": {"name": "NVIDIA A100", "float32": 19.5, "mixed": 312.0},
+    "TPU v5e": {"name": "TPU v5e (one chip)", "float32": None, "mixed": 197.0},
+}
+
+
+def training_estimate(flops_per_image: float, *, batch_size: int, steps: int,
+                      peak_tflops: float, efficiency=(0.25, 0.5),
+                      passes: float = 3.0) -> dict:
+    """Time of a training run on a device, estimated on paper (chapter "Scaling up").
+
+    A training step on ``batch_size`` images costs about ``passes`` forward passes (the
+    backward pass costs about twice the forward one: a rule of thumb) of ``flops_per_image``
+    FLOPs each (2 per multiply-accumulate). The device is assumed to reach between
+    ``efficiency[0]`` and ``efficiency[1]`` of its peak ``peak_tflops``. Returns the FLOPs per
+    step and, as (fast, slow) pairs, seconds per step, images per second (slow, fast) and hours
+    for ``steps`` steps. The appendix "Running it faster" makes the same estimate for a T4.
+    """
+    per_step = passes * flops_per_image * batch_size
+    rates = [peak_tflops * 1e12 * e for e in sorted(efficiency, reverse=True)]
+    seconds = tuple(per_step / rate for rate in rates)
+    return {
+        "flops_per_step": per_step,
+        "seconds_per_step": seconds,
+        "images_per_second": tuple(batch_size / s for s in reversed(seconds)),
+        "hours": tuple(steps * s / 3600 for s in seconds),
+    }
