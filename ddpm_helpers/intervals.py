@@ -78,7 +78,9 @@ def proportion_interval(successes: int, n: int, level: float = DEFAULT_LEVEL) ->
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level, "Wilson")
+    # min/max: round-off must not put p outside its own interval (at p = 0 or 1)
+    low, high = min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+    return Interval(p, low, high, level, "Wilson")
 
 
 def jackknife_interval(statistic, data, *, groups: int = 16, level: float = DEFAULT_LEVEL,

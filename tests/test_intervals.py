@@ -36,6 +36,9 @@ def test_wilson_interval_known_values():
     assert half.low == pytest.approx(0.23659, abs=1e-4)
     assert half.high == pytest.approx(0.76341, abs=1e-4)
     assert half.value == 0.5
+    for n in (10, 250, 1000):  # all successes: the interval ends exactly at 1
+        everything = intervals.proportion_interval(n, n)
+        assert everything.high == 1.0 and everything.low < 1.0
 
 
 def test_mean_interval_uses_student_t():
