@@ -14,13 +14,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DDPM_RUNS_DIR := $(CURDIR)/runs
 export PYTHONHASHSEED := 0
 
-.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-check site-check bench bench-book clean help
+.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-check colab-runtime-known site-check bench bench-book clean help
 
 help:
 	@echo "make book   - execute every chapter (profile: $(DDPM_PROFILE)) and build _build/html"
 	@echo "make test   - pytest, notebook pairing check, nbval and a strict build (smoke profile)"
 	@echo "make notebooks     - regenerate book/*.ipynb and Colab cells from the .md pages"
 	@echo "make colab-check   - run every notebook in a fresh venv with Colab's versions"
+	@echo "                     (today's runtime; a past one: COLAB_RUNTIME=2026.07)"
 	@echo "make site-check    - open every built page in headless Chromium (after make book)"
 	@echo "make bench         - timing scripts in benchmarks/ (writes benchmarks/results/)"
 	@echo "make bench-book    - wall time of every chapter, make book and make test"
@@ -31,8 +32,14 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# Chapters are executed first, JOBS at a time (ddpm_helpers.bookbuild), into the jupyter-cache
+# that Jupyter Book then renders from (execute_notebooks: cache in _config.yml).
 # DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
 book: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(BIN)/python -m ddpm_helpers.bookbuild \
+	  --jobs $(JOBS) --cache _build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
 	@echo "Open $(CURDIR)/_build/html/index.html (profile: $(DDPM_PROFILE))"
 
@@ -49,41 +56,56 @@ notebooks-check: $(INSTALLED)
 pytest: $(INSTALLED)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
 
+# One notebook per worker (--dist loadfile): a notebook's cells share one kernel.
 nbval: $(INSTALLED)
-	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider book/*.ipynb
+	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
+	  --jobs $(JOBS) --cache _build/strict/_build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
 
-# Colab check: a venv of its own with Colab's versions (.ci/colab-requirements.txt; rebuilt when
-# that file changes, or after `rm -rf _build/colab-venv`), the package installed the way each
-# chapter's first cell does in Colab but from this checkout, then every book/*.ipynb run top to
-# bottom (smoke profile) from a folder outside the repository, as in Colab's /content.
-COLAB_VENV := _build/colab-venv
-COLAB_DIR := _build/colab-check
-# Colab runs Python 3.12: the first python3.12 found (PATH, pyenv), else $(PYTHON) with a warning.
-COLAB_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
-  $(shell $(p) -c 'import sys; sys.version_info[:2] == (3, 12) and print(sys.executable)' 2>/dev/null)))
+# Colab check: every book/*.ipynb run top to bottom (smoke profile) from a folder outside the
+# repository, as in Colab's /content, in a venv of its own with one Colab runtime's versions:
+# .ci/colab-requirements-$(COLAB_RUNTIME).txt, whose `# python: X.Y` line names the runtime's
+# Python. Default: the runtime Colab gives today; `make colab-check COLAB_RUNTIME=2026.07` checks
+# a past one (Colab still lets a notebook pin it). Each runtime has its own venv, rebuilt when its
+# requirements file changes or after `rm -rf _build/colab-venv-<runtime>`. The package is
+# installed the way each chapter's first cell does in Colab, but from this checkout.
+COLAB_RUNTIME ?= 2026.08
+COLAB_RUNTIMES := $(patsubst .ci/colab-requirements-%.txt,%,$(wildcard .ci/colab-requirements-*.txt))
+COLAB_REQUIREMENTS := .ci/colab-requirements-$(COLAB_RUNTIME).txt
+COLAB_PYTHON_VERSION := $(shell sed -n 's/^\# python: *//p' $(COLAB_REQUIREMENTS) 2>/dev/null)
+COLAB_VENV := _build/colab-venv-$(COLAB_RUNTIME)
+COLAB_DIR := _build/colab-check-$(COLAB_RUNTIME)
+# The runtime's Python: the first python3.X found on PATH or in pyenv whose version matches.
+COLAB_PYTHON ?= $(if $(COLAB_PYTHON_VERSION),$(firstword $(foreach p,python$(COLAB_PYTHON_VERSION) \
+  $(wildcard $(HOME)/.pyenv/versions/$(COLAB_PYTHON_VERSION)*/bin/python$(COLAB_PYTHON_VERSION)),\
+  $(shell $(p) -c 'import sys; "%d.%d" % sys.version_info[:2] == "$(COLAB_PYTHON_VERSION)" and print(sys.executable)' 2>/dev/null))))
 
-$(COLAB_VENV)/.installed: .ci/colab-requirements.txt
+colab-runtime-known:
+	@test -f $(COLAB_REQUIREMENTS) || { echo "colab-check: no runtime $(COLAB_RUNTIME) (no $(COLAB_REQUIREMENTS)); known runtimes: $(COLAB_RUNTIMES). Use e.g. make colab-check COLAB_RUNTIME=$(lastword $(COLAB_RUNTIMES))"; exit 1; }
+	@test -n "$(COLAB_PYTHON_VERSION)" || { echo "colab-check: $(COLAB_REQUIREMENTS) has no '# python: X.Y' line; add the runtime's Python version"; exit 1; }
+	@test -n "$(COLAB_PYTHON)" || { echo "colab-check: Colab runtime $(COLAB_RUNTIME) runs Python $(COLAB_PYTHON_VERSION), and none was found (PATH, pyenv): install it (pyenv install $(COLAB_PYTHON_VERSION)) or set COLAB_PYTHON=/path/to/python$(COLAB_PYTHON_VERSION)"; exit 1; }
+
+$(COLAB_VENV)/.installed: $(COLAB_REQUIREMENTS) | colab-runtime-known
 	rm -rf $(COLAB_VENV)
-	@test -n "$(COLAB_PYTHON)" || echo "WARNING: no Python 3.12 found (Colab's); using $(PYTHON). Set COLAB_PYTHON=..."
-	$(or $(COLAB_PYTHON),$(PYTHON)) -m venv $(COLAB_VENV)
+	$(COLAB_PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
-	$(COLAB_VENV)/bin/python -m pip install -q -r .ci/colab-requirements.txt
+	$(COLAB_VENV)/bin/python -m pip install -q -r $(COLAB_REQUIREMENTS)
 	touch $@
 
-colab-check: $(COLAB_VENV)/.installed
+colab-check: colab-runtime-known $(COLAB_VENV)/.installed
 	rm -rf $(COLAB_DIR) && mkdir -p $(COLAB_DIR)/notebooks
 	$(COLAB_VENV)/bin/python -c 'import shutil; shutil.copytree(".", "$(COLAB_DIR)/src", ignore=lambda d, names: [n for n in names if d == "." and n not in ("pyproject.toml", "README.md", "ddpm_helpers") and not n.startswith("LICENSE") or n == "__pycache__"])'
 	$(COLAB_VENV)/bin/python -m pip uninstall -q -y ddpm_helpers 2>/dev/null || true
 	$(COLAB_VENV)/bin/python -m pip install -q "ddpm_helpers @ file://$(CURDIR)/$(COLAB_DIR)/src"
-	$(COLAB_VENV)/bin/python .ci/colab_pins.py .ci/colab-requirements.txt
+	$(COLAB_VENV)/bin/python .ci/colab_pins.py $(COLAB_REQUIREMENTS)
 	cp book/*.ipynb $(COLAB_DIR)/notebooks/
 	cd $(COLAB_DIR)/notebooks && DDPM_PROFILE=smoke DDPM_RUNS_DIR=$(CURDIR)/$(COLAB_DIR)/runs \
 	  $(CURDIR)/$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider \
 	  --rootdir . -c /dev/null *.ipynb
-	@echo "make colab-check: every notebook ran with Colab's versions"
+	@echo "make colab-check: every notebook ran with Colab $(COLAB_RUNTIME)'s versions (Python $(COLAB_PYTHON_VERSION))"
 
 # Site check (after make book): every page of $(SITE_HTML) in headless Chromium; screenshots and
 # report.json in _build/site-check/. Installs Debian's chromium and chromium-driver if missing.

@@ -74,7 +74,8 @@ def normal_log_pdf(x, mean, variance):
     Chapter "Background", Eq. (eq-normal-pdf). For an isotropic Gaussian in d dimensions, sum
     the result over the d coordinates.
     """
-    ops, (x, mean, variance) = _prepare({"x": x, "mean": mean, "variance": variance}, {"variance"})
+    ops, (x, mean, variance) = _prepare(
+        {"x": x, "mean": mean, "variance": variance}, {"variance"})
     return -0.5 * (_LOG_2PI + ops.log(variance) + (x - mean) ** 2 / variance)
 
 
@@ -87,8 +88,10 @@ def kl_normal(mean_p, var_p, mean_q, var_q):
     the coordinates (chapter "Forward and reverse process", per-step KL of the ELBO).
     """
     ops, (mean_p, var_p, mean_q, var_q) = _prepare(
-        {"mean_p": mean_p, "var_p": var_p, "mean_q": mean_q, "var_q": var_q}, {"var_p", "var_q"})
-    return 0.5 * (ops.log(var_q) - ops.log(var_p) + (var_p + (mean_p - mean_q) ** 2) / var_q - 1.0)
+        {"mean_p": mean_p, "var_p": var_p, "mean_q": mean_q, "var_q": var_q},
+        {"var_p", "var_q"})
+    log_ratio = ops.log(var_q) - ops.log(var_p)
+    return 0.5 * (log_ratio + (var_p + (mean_p - mean_q) ** 2) / var_q - 1.0)
 
 
 # The conjugate model of the chapter "Background", section on the ELBO:
@@ -101,7 +104,8 @@ def conjugate_log_evidence(x, noise_var):
 
     Chapter "Background", Eq. (eq-conjugate-evidence).
     """
-    _, (x, noise_var) = _prepare({"x": x, "noise_var": noise_var}, {"noise_var"})
+    _, (x, noise_var) = _prepare(
+        {"x": x, "noise_var": noise_var}, {"noise_var"})
     return normal_log_pdf(x, 0.0, 1.0 + noise_var)
 
 
@@ -112,7 +116,8 @@ def conjugate_posterior(x, noise_var):
     Eq. (eq-conjugate-posterior). Returns ``(mean, variance)``; the variance does not depend
     on ``x`` and has the shape of ``noise_var``.
     """
-    _, (x, noise_var) = _prepare({"x": x, "noise_var": noise_var}, {"noise_var"})
+    _, (x, noise_var) = _prepare(
+        {"x": x, "noise_var": noise_var}, {"noise_var"})
     return x / (1.0 + noise_var), noise_var / (1.0 + noise_var)
 
 
@@ -124,8 +129,11 @@ def conjugate_elbo(x, noise_var, q_mean, q_var):
     the KL, so the chapter can check evidence - ELBO = KL(q || p(z|x)) with it.
     """
     ops, (x, noise_var, q_mean, q_var) = _prepare(
-        {"x": x, "noise_var": noise_var, "q_mean": q_mean, "q_var": q_var}, {"noise_var", "q_var"})
-    expected_log_likelihood = -0.5 * (_LOG_2PI + ops.log(noise_var) + ((x - q_mean) ** 2 + q_var) / noise_var)
+        {"x": x, "noise_var": noise_var, "q_mean": q_mean, "q_var": q_var},
+        {"noise_var", "q_var"})
+    squared_error = (x - q_mean) ** 2 + q_var  # E_q[(x - z)^2]
+    expected_log_likelihood = -0.5 * (
+        _LOG_2PI + ops.log(noise_var) + squared_error / noise_var)
     expected_log_prior = -0.5 * (_LOG_2PI + q_mean**2 + q_var)
     entropy = 0.5 * (_LOG_2PI + 1.0 + ops.log(q_var))
     return expected_log_likelihood + expected_log_prior + entropy

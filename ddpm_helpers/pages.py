@@ -74,20 +74,20 @@ def html_table(header, rows):
     return HTML(f"<table><tr>{cells('th', header)}</tr>{body}</table>")
 
 
-def glue(name: str, value, fmt: str | None = None):
+def glue(name: str, value, fmt: str | None = None) -> None:
     """Make ``value`` available to the page's prose as ``{glue:text}`name```.
 
     ``fmt`` (e.g. ``".1f"`` or ``".0%"``) formats numbers once, here, so the page writes
-    ``{glue:text}`name``` and the number never drifts from the build. The value is also returned.
-    Outside a myst-nb build (a notebook in Colab) nothing is displayed.
+    ``{glue:text}`name``` and the number never drifts from the build. Returns nothing, so a
+    glue at the end of a cell echoes no value. Outside a myst-nb build (a notebook in Colab)
+    nothing is displayed.
     """
     shown = format(value, fmt) if fmt else value
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab: myst-nb is not installed, and the prose is not rendered there
-        return value
+        return
     myst_glue(name, shown, display=False)
-    return value
 
 
 class ProgressBar:

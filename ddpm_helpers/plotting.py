@@ -68,3 +68,30 @@ def show_image_grid(images, *, columns: int | None = None, row_titles=None, colu
         fig.suptitle(ax_title)
     fig.tight_layout()
     return fig
+
+
+BOOK_STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": False,
+    "image.interpolation": "nearest",
+    "figure.constrained_layout.use": False,
+}
+
+
+def use_book_style() -> None:
+    """One look for every figure of the book: sizes that read at the page's width (about 700
+    pixels), no top/right frame, pixel art drawn with nearest-neighbour. Each chapter's first
+    (hidden) cell calls it."""
+    import matplotlib as mpl
+
+    mpl.rcParams.update(BOOK_STYLE)

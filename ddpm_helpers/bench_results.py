@@ -1,0 +1,104 @@
+"""Reading the benchmark results that the appendix "Running it faster" shows.
+
+The scripts in ``benchmarks/`` write one JSON record per run,
+``benchmarks/results/<name>-<YYYYmmdd-HHMMSS>.json``, holding the numbers, the date, the exact
+command, the machine and the load average at the start and the end. The appendix reads the
+newest record of each benchmark with :func:`latest` and describes its context with
+:func:`context_text`; a benchmark not run yet reads as ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+RESULT_FILE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<stamp>\d{8}-\d{6})\.json$")
+NOT_MEASURED = ("not measured yet (run `make bench` / `make bench-book` in a clone of "
+                "the repository)")
+
+
+def results_folder(start: Path | None = None) -> Path | None:
+    """``benchmarks/results`` of the repository this is run from (None outside a clone)."""
+    start = Path.cwd() if start is None else Path(start)
+    for base in (start, *start.parents):
+        if (base / "benchmarks" / "results").is_dir():
+            return base / "benchmarks" / "results"
+    return None
+
+
+def latest(name: str, folder: Path | None = None) -> dict | None:
+    """The newest record of benchmark ``name`` with its file name under ``"file"``; or None."""
+    folder = results_folder() if folder is None else Path(folder)
+    if folder is None:
+        return None
+    found = sorted((match["stamp"], path) for path in folder.glob("*.json")
+                   if (match := RESULT_FILE.match(path.name)) and match["name"] == name)
+    if not found:
+        return None
+    path = found[-1][1]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable benchmark record ({error}); "
+                         "delete it or run the benchmark again.") from None
+    data["file"] = path.name
+    return data
+
+
+def machine_text(record: dict) -> str:
+    """'CPU, N cores; Python x, TensorFlow y, Keras z' of a record."""
+    machine = record.get("machine", {})
+    keras = f", Keras {machine['keras']}" if "keras" in machine else ""
+    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
+            f"Python {machine.get('python', '?')}, "
+            f"TensorFlow {machine.get('tensorflow', '?')}{keras}")
+
+
+def was_busy(record: dict) -> bool:
+    """True when the 1-minute load average exceeded the core count (times are inflated)."""
+    load = record.get("load_average") or {}
+    machine = record.get("machine", {})
+    cores = machine.get("usable_cores") or machine.get("cores")
+    values = [v[0] for v in (load.get("start"), load.get("end")) if v]
+    return bool(cores and values and max(values) > cores)
+
+
+def context_text(record: dict) -> str:
+    """One sentence: when, where and with which command a record was measured."""
+    busy = " The machine was busy, so absolute times are inflated." if was_busy(record) else ""
+    return (f"Measured {record.get('date', '?')} on {machine_text(record)}, with "
+            f"`{record.get('command', '?')}`.{busy}")
+
+
+# Peak throughput from the vendors' data sheets, in TFLOP/s (dense, no sparsity): float32 and
+# the mixed-precision units (float16 tensor cores on NVIDIA GPUs, bfloat16 on TPUs; a TPU has
+# no float32 peak of its own). Used by the chapter "Scaling up" for estimates, never measured.
+DEVICE_PEAKS = {
+    "T4": {"name": "NVIDIA T4", "float32": 8.1, "mixed": 65.0},
+    "A100": {"name": "NVIDIA A100", "float32": 19.5, "mixed": 312.0},
+    "TPU v5e": {"name": "TPU v5e (one chip)", "float32": None, "mixed": 197.0},
+}
+
+
+def training_estimate(flops_per_image: float, *, batch_size: int, steps: int,
+                      peak_tflops: float, efficiency=(0.25, 0.5),
+                      passes: float = 3.0) -> dict:
+    """Time of a training run on a device, estimated on paper (chapter "Scaling up").
+
+    A training step on ``batch_size`` images costs about ``passes`` forward passes (the
+    backward pass costs about twice the forward one: a rule of thumb) of ``flops_per_image``
+    FLOPs each (2 per multiply-accumulate). The device is assumed to reach between
+    ``efficiency[0]`` and ``efficiency[1]`` of its peak ``peak_tflops``. Returns the FLOPs per
+    step and, as (fast, slow) pairs, seconds per step, images per second (slow, fast) and hours
+    for ``steps`` steps. The appendix "Running it faster" makes the same estimate for a T4.
+    """
+    per_step = passes * flops_per_image * batch_size
+    rates = [peak_tflops * 1e12 * e for e in sorted(efficiency, reverse=True)]
+    seconds = tuple(per_step / rate for rate in rates)
+    return {
+        "flops_per_step": per_step,
+        "seconds_per_step": seconds,
+        "images_per_second": tuple(batch_size / s for s in reversed(seconds)),
+        "hours": tuple(steps * s / 3600 for s in seconds),
+    }

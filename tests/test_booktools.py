@@ -1,0 +1,143 @@
+"""The book's own machinery: code-cell formatting and width, parallel execution into the
+cache Jupyter Book renders from, the display helpers of ``pages``, the check API, and the
+benchmark-results reader. Each test plants the fault its check exists to catch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ddpm_helpers import bench_results, bookbuild, booktools, pages
+from ddpm_helpers.checks import CheckLog
+
+ROOT = Path(__file__).resolve().parents[1]
+FRONT_MATTER = (ROOT / "book" / "index.md").read_text().split("\n---\n", 1)[0] + "\n---\n"
+
+
+def tiny_book(tmp_path: Path, code: str) -> Path:
+    """A one-page book (the repository's configuration) whose page has one code cell."""
+    book = tmp_path / "copy"
+    (book / "book").mkdir(parents=True)
+    for name in ("_config.yml", "references.bib"):
+        shutil.copy(ROOT / name, book / name)
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/index\n")
+    page = f"\n(sec-tiny)=\n# A tiny page\n\n```{{code-cell}} ipython3\n{code}\n```\n"
+    (book / "book" / "index.md").write_text(FRONT_MATTER + page)
+    booktools.sync(book)
+    return book
+
+
+def test_long_code_line_fails_the_check_and_format_fixes_it(tmp_path):
+    long_call = "value = max(" + ", ".join(f"number_{i}" for i in range(12)) + ")"
+    assert len(long_call) > booktools.LINE_LENGTH
+    book = tiny_book(tmp_path, "number_0 = number_1 = 1\n" + long_call.replace(
+        "number_0 = ", ""))
+    problems = booktools.check(book)
+    assert any("over 79 characters" in problem for problem in problems), problems
+    assert booktools.format_pages(book) == [book / "book" / "index.md"]
+    assert booktools.check(book) == []
+    text = (book / "book" / "index.md").read_text()
+    assert all(len(line) <= booktools.LINE_LENGTH for line in text.split("```{code-cell}")[-1]
+               .splitlines())
+
+
+def test_colab_cell_is_within_the_width():
+    source = booktools.colab_cell_source("https://github.com/someone/a-long-book-name", "main")
+    assert max(len(line) for line in source.splitlines()) <= booktools.LINE_LENGTH
+
+
+def test_bookbuild_caches_pages_for_jupyter_book_and_reports_failures(tmp_path):
+    good = tiny_book(tmp_path / "good", "print(6 * 7)")
+    cache = good / "_build" / ".jupyter_cache"
+    seconds = bookbuild.execute_book(good, cache, jobs=1, timeout=120, pretrain=False)
+    assert list(seconds) == ["book/index.md"]
+    from jupyter_cache import get_cache
+
+    # The notebook myst-nb will read matches the executed one in the cache, outputs included.
+    notebook = bookbuild.read_page(good / "book" / "index.md")
+    record = get_cache(cache).match_cache_notebook(notebook)
+    _, merged = get_cache(cache).merge_match_into_notebook(notebook)
+    assert record.data["execution_seconds"] >= 0
+    outputs = [o for cell in merged.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("42" in o.get("text", "") for o in outputs)
+
+    bad = tiny_book(tmp_path / "bad", "1 / 0")
+    with pytest.raises(RuntimeError, match=r"(?s)book/index\.md.*ZeroDivisionError"):
+        bookbuild.execute_book(bad, bad / "cache", jobs=1, timeout=120, pretrain=False)
+
+
+def test_toc_pages_follow_the_parts_of_the_toc(tmp_path):
+    book = tiny_book(tmp_path, "pass")
+    (book / "book" / "other.md").write_text((book / "book" / "index.md").read_text())
+    (book / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/index\nparts:\n  - caption: A\n    chapters:\n"
+        "      - file: book/other\n      - file: book/missing\n")
+    assert bookbuild.toc_pages(book) == [book / "book" / "index.md", book / "book" / "other.md"]
+
+
+def _example(x):
+    """A docstring the page explains in prose."""
+    if x < 0:
+        raise ValueError("x must be >= 0")
+    y = x + 1  # the algorithm starts here
+    return 2 * y
+
+
+def test_source_lines_drop_the_docstring_and_slice():
+    full = pages.source_lines(_example)
+    assert "docstring" not in full and full.startswith("def _example(x):")
+    core = pages.source_lines(_example, start="y = x + 1", stop="return")
+    assert core.splitlines() == ["y = x + 1  # the algorithm starts here", "return 2 * y"]
+    with pytest.raises(ValueError, match="no line of _example contains 'nowhere'"):
+        pages.source_lines(_example, start="nowhere")
+
+
+def test_progress_bar_prints_one_summary_line_in_a_book_build(monkeypatch, capsys):
+    monkeypatch.setenv(pages.BOOK_BUILD_ENV_VAR, "1")
+    bar = pages.ProgressBar(10, unit="step", label="training")
+    for step in range(1, 11):
+        bar.update(step, [("loss", 0.5)])
+    bar.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("training: 10 steps in ")
+    assert "loss 0.5" in lines[0]
+
+
+def test_glue_returns_nothing_so_a_cell_echoes_no_number():
+    assert pages.glue("tiny_test_value", 0.123456, ".2f") is None
+
+
+def test_check_log_asserts_and_returns_nothing(capsys):
+    check = CheckLog()
+    assert check("eq-x", "an error", 1e-9, 1e-6) is None
+    with pytest.raises(AssertionError, match="is not <= "):
+        check("eq-x", "an error", 2e-6, 1e-6)
+    with pytest.raises(AssertionError, match="is not >= "):
+        check("eq-x", "a count", 3, 4, at_least=True)
+    with pytest.raises(AssertionError):
+        check("eq-x", "a NaN", float("nan"), 1.0)
+    with pytest.raises(AssertionError, match="The text says: A beats B"):
+        check.claim("A beats B", False, "A 2.0, B 1.0")
+    check.claim("B beats A", True)
+    assert len(check) == 2  # the passing check and the passing claim
+    assert "holds" in check.table().data
+
+
+def test_latest_benchmark_record_and_unreadable_records(tmp_path):
+    folder = tmp_path / "benchmarks" / "results"
+    folder.mkdir(parents=True)
+    for stamp, value in (("20260101-000000", 1), ("20260301-000000", 3),
+                         ("20260201-000000", 2)):
+        (folder / f"training-{stamp}.json").write_text(json.dumps({"value": value}))
+    (folder / "sampling-20260101-000000.json").write_text("{not json")
+    assert bench_results.results_folder(tmp_path / "benchmarks") == folder
+    newest = bench_results.latest("training", folder)
+    assert newest["value"] == 3 and newest["file"] == "training-20260301-000000.json"
+    assert bench_results.latest("memory", folder) is None
+    with pytest.raises(ValueError, match="sampling-20260101-000000.json is not a readable"):
+        bench_results.latest("sampling", folder)
+    busy = {"load_average": {"start": [3.1], "end": [1.0]}, "machine": {"cores": 2}}
+    assert bench_results.was_busy(busy) and "busy" in bench_results.context_text(busy)

@@ -1,0 +1,74 @@
+"""diffusion.gaussian_mixture_posterior: exact denoising quantities for Gaussian-mixture data.
+
+Chapter "Forward and reverse process", Eqs. (eq-tweedie), (eq-eps-score), (eq-best-eps-error).
+"""
+
+import numpy as np
+import pytest
+
+from ddpm_helpers.diffusion import gaussian_mixture_posterior
+
+MEANS = np.array([[-1.0, 0.5], [0.8, -0.2], [0.0, 1.2]])
+STDS = np.array([0.2, 0.5, 0.3])
+WEIGHTS = np.array([0.2, 0.5, 0.3])
+
+
+def test_score_is_the_gradient_of_the_log_density():
+    x = np.random.default_rng(0).standard_normal((10, 2))
+    h = 1e-6
+    for alpha_bar in (0.999, 0.5, 0.01):
+        post = gaussian_mixture_posterior(x, alpha_bar, MEANS, STDS, WEIGHTS)
+        for d, e in enumerate(np.eye(2)):
+            up = gaussian_mixture_posterior(x + h * e, alpha_bar, MEANS, STDS, WEIGHTS)
+            down = gaussian_mixture_posterior(x - h * e, alpha_bar, MEANS, STDS, WEIGHTS)
+            numeric = (up["log_density"] - down["log_density"]) / (2 * h)
+            assert np.allclose(post["score"][:, d], numeric, rtol=1e-5, atol=1e-5)
+        # Eq. (eq-eps-score)
+        assert np.allclose(post["eps_mean"], -np.sqrt(1 - alpha_bar) * post["score"])
+
+
+def test_posterior_moments_match_monte_carlo():
+    """E[x_0 | x_t] and Var[x_0 | x_t] from samples of x_0 weighted by q(x_t | x_0)."""
+    rng = np.random.default_rng(1)
+    n = 200_000
+    k = rng.choice(3, n, p=WEIGHTS)
+    x0 = MEANS[k] + STDS[k, None] * rng.standard_normal((n, 2))
+    alpha_bar = 0.6
+    points = np.array([[0.0, 0.0], [-0.7, 0.4], [0.5, 0.5]])
+    post = gaussian_mixture_posterior(points, alpha_bar, MEANS, STDS, WEIGHTS)
+    for i, x in enumerate(points):
+        log_w = -np.sum((x - np.sqrt(alpha_bar) * x0) ** 2, axis=1) / (2 * (1 - alpha_bar))
+        w = np.exp(log_w - log_w.max())
+        w /= w.sum()
+        mean = w @ x0
+        var = w @ (x0 - mean) ** 2
+        se = np.sqrt(w**2 @ (x0 - mean) ** 2)
+        assert np.all(np.abs(mean - post["x0_mean"][i]) < 5 * se)
+        assert np.allclose(var, post["x0_var"][i], rtol=0.05)
+
+
+def test_one_component_is_the_gaussian_posterior():
+    x = np.array([[0.3], [-1.0]])
+    m, s, ab = 0.4, 0.7, 0.3
+    post = gaussian_mixture_posterior(x, ab, [[m]], s)
+    var_t = ab * s**2 + 1 - ab
+    assert np.allclose(post["x0_mean"], m + np.sqrt(ab) * s**2 / var_t * (x - np.sqrt(ab) * m))
+    assert np.allclose(post["x0_var"], s**2 * (1 - ab) / var_t)
+    assert np.allclose(post["score"], -(x - np.sqrt(ab) * m) / var_t)
+
+
+def test_unit_gaussian_best_errors():
+    """Eq. (eq-best-eps-error): for N(0, 1) data, SNR Var[x_0 | x_t] = alpha_bar."""
+    for ab in (0.9, 0.5, 0.1):
+        post = gaussian_mixture_posterior([[0.0]], ab, [[0.0]], 1.0)
+        assert np.isclose(post["x0_var"][0, 0], 1 - ab)
+        assert np.isclose(ab / (1 - ab) * post["x0_var"][0, 0], ab)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="weights"):
+        gaussian_mixture_posterior([[0.0, 0.0]], 0.5, MEANS, STDS, [0.5, 0.6, 0.1])
+    with pytest.raises(ValueError, match="alpha_bar"):
+        gaussian_mixture_posterior([[0.0, 0.0]], 1.0, MEANS, STDS, WEIGHTS)
+    with pytest.raises(ValueError, match="dimension"):
+        gaussian_mixture_posterior([[0.0]], 0.5, MEANS, STDS, WEIGHTS)
