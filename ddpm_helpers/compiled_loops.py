@@ -28,21 +28,14 @@ def compiled_loops(owner) -> dict:
     return cache
 
 
-def _compiled(predictor, schedule, settings: tuple, loop, jit_compile: bool):
+def _compiled(predictor, key: tuple, make, jit_compile: bool):
+    """``tf.function(make())``, made once per predictor owner and ``key``, cached on the owner."""
     import tensorflow as tf
 
-    key = settings + (schedule, jit_compile) + predictor.key  # schedules hash by identity
+    key = key + (jit_compile,) + predictor.key  # schedules in keys hash by identity
     cache = compiled_loops(predictor.owner)
     if key not in cache:
-        fn, kwargs = predictor.fn, dict(settings[1:])
-
-        def run(x, *loop_args, labels=None, extra=()):
-            def predict(x, t, labels):
-                return fn(x, t, labels, *extra)
-
-            return loop(schedule, predict, x, *loop_args, labels, **kwargs)
-
-        cache[key] = tf.function(run, reduce_retracing=True, jit_compile=jit_compile)
+        cache[key] = tf.function(make(), reduce_retracing=True, jit_compile=jit_compile)
     return cache[key]
 
 
@@ -58,11 +51,22 @@ def ddpm_loop(schedule, predict_noise, *, clip_x0: bool = True, variance: str = 
     Chapter "Sampling", Eq. (eq-p-sample).
     """
     predictor = as_noise_predictor(predict_noise)
-    settings = ("ddpm", ("clip_x0", bool(clip_x0)), ("variance", variance))
-    compiled = _compiled(predictor, schedule, settings, ddpm_steps, jit_compile)
+    fn = predictor.fn
+
+    def make():
+        def ddpm_run(x, start, stop, seed, stream, labels=None, extra=()):
+            def predict(x, t, labels):
+                return fn(x, t, labels, *extra)
+
+            return ddpm_steps(schedule, predict, x, start, stop, seed, stream, labels,
+                              clip_x0=clip_x0, variance=variance)
+
+        return ddpm_run
+
+    compiled = _compiled(predictor, ("ddpm", schedule, bool(clip_x0), variance), make, jit_compile)
 
     def run(x, start, stop, seed, stream, labels=None):
-        return compiled(x, start, stop, seed, stream, labels=labels, extra=predictor.args)
+        return compiled(x, start, stop, seed, stream, labels, predictor.args)
 
     run.compiled = compiled
     return run
@@ -76,12 +80,22 @@ def ddim_loop(schedule, predict_noise, *, clip_x0: bool = True, jit_compile: boo
     Chapter "Sampling", Eq. (eq-ddim-step).
     """
     predictor = as_noise_predictor(predict_noise)
-    settings = ("ddim", ("clip_x0", bool(clip_x0)))
-    compiled = _compiled(predictor, schedule, settings, ddim_steps, jit_compile)
+    fn = predictor.fn
+
+    def make():
+        def ddim_run(x, taus, start, stop, eta, seed, stream, labels=None, extra=()):
+            def predict(x, t, labels):
+                return fn(x, t, labels, *extra)
+
+            return ddim_steps(schedule, predict, x, taus, start, stop, eta, seed, stream, labels,
+                              clip_x0=clip_x0)
+
+        return ddim_run
+
+    compiled = _compiled(predictor, ("ddim", schedule, bool(clip_x0)), make, jit_compile)
 
     def run(x, taus, start, stop, eta, seed, stream, labels=None):
-        return compiled(x, taus, start, stop, eta, seed, stream, labels=labels,
-                        extra=predictor.args)
+        return compiled(x, taus, start, stop, eta, seed, stream, labels, predictor.args)
 
     run.compiled = compiled
     return run
