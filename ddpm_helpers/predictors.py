@@ -106,26 +106,11 @@ def as_noise_predictor(model_or_fn) -> NoisePredictor:
     return NoisePredictor(without_labels, owner=fn)
 
 
-def guided_noise(model, x, t, labels, null_label, w):
-    """eps(x, t, null) + w (eps(x, t, label) - eps(x, t, null)), from one call on a doubled batch.
-
-    Chapter "Your turn", Eq. (eq-cfg).
-    """
-    import tensorflow as tf
-
-    labels = tf.cast(labels, tf.int32)
-    null = tf.fill(tf.shape(labels), tf.constant(null_label, tf.int32))
-    eps = model([tf.concat([x, x], 0), tf.concat([t, t], 0), tf.concat([labels, null], 0)],
-                training=False)
-    eps_cond, eps_uncond = tf.split(eps, 2, axis=0)
-    return eps_uncond + w * (eps_cond - eps_uncond)  # Eq. (eq-cfg)
-
-
 def classifier_free_guidance(model, guidance_scale: float, null_label: int) -> NoisePredictor:
     """A noise predictor with classifier-free guidance (Ho & Salimans 2022) for a conditional model.
 
     ``eps = eps(x, t, null) + w (eps(x, t, label) - eps(x, t, null))`` with ``w = guidance_scale``
-    (:func:`guided_noise`): w = 0 is the unconditional model, w = 1 the conditional one, w > 1
+    (one model call on a doubled batch): w = 0 is the unconditional model, w = 1 the conditional one, w > 1
     pushes samples towards their label. It plugs into both samplers (pass ``labels``). The scale
     is a tensor input of the compiled loops: sampling at a new scale traces nothing new.
     Chapter "Your turn", Eq. (eq-cfg).
@@ -137,13 +122,18 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int) -> N
                          "(inputs [x, t, label]).")
     if not math.isfinite(float(guidance_scale)):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}.")
-    null = int(null_label)
+    null_label = int(null_label)
 
-    def predict_noise(x, t, labels, w):
+    def predict_noise(x, t, labels, w):  # w: the guidance scale, a tensor
         if labels is None:
             raise ValueError("Guided sampling needs labels=... (int array of shape (n,)).")
-        return guided_noise(model, x, t, labels, null, w)
+        labels = tf.cast(labels, tf.int32)
+        null = tf.fill(tf.shape(labels), tf.constant(null_label, tf.int32))
+        eps = model([tf.concat([x, x], 0), tf.concat([t, t], 0), tf.concat([labels, null], 0)],
+                    training=False)
+        eps_cond, eps_uncond = tf.split(eps, 2, axis=0)
+        return eps_uncond + w * (eps_cond - eps_uncond)  # Eq. (eq-cfg)
 
     scale = tf.constant(float(guidance_scale), tf.float32)
-    return NoisePredictor(predict_noise, owner=model, key=("guidance", null), args=(scale,),
+    return NoisePredictor(predict_noise, owner=model, key=("guidance", null_label), args=(scale,),
                           conditional=True, model=model, guidance_scale=float(guidance_scale))

@@ -255,7 +255,7 @@ def clipped_noise_predictor(model_or_fn, schedule, limit: float = X0_LIMIT):
     predict = as_noise_predictor(model_or_fn)
     limit = float(limit)
 
-    def predict_noise(x, t, labels, *args):
+    def predict_noise(x, t, labels, *args):  # args: tensor inputs of `predict` (NoisePredictor)
         eps = predict.fn(x, t, labels, *args)
         x0 = tf.clip_by_value(predict_x0_from_noise(schedule, x, t, eps), -limit, limit)
         return predict_noise_from_x0(schedule, x, t, x0)
