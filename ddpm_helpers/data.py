@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,9 @@ from ddpm_helpers.image_folders import (  # noqa: F401 (re-exported)
 DIGITS_MAX_VALUE = 16.0  # load_digits stores intensities as integers 0..16
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+# What keras.datasets caches under $KERAS_HOME/datasets (a file or a folder) for each.
+KERAS_CACHE_NAMES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist",
+                     "cifar10": "cifar-10-batches-py"}
 DATASET_NAMES = ("digits",) + KERAS_DATASETS + ("folder:PATH",)
 
 
@@ -194,6 +198,15 @@ def from_arrays(images, labels=None, *, name: str = "arrays", flip: bool = False
     )
 
 
+def _keras_home() -> str:
+    """The folder where ``keras.utils.get_file`` caches downloads ($KERAS_HOME or ~/.keras)."""
+    try:
+        from keras.src.backend.config import keras_home
+    except ImportError:  # a Keras without this private helper
+        return os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras")
+    return keras_home()
+
+
 def load_keras_dataset(name: str, image_size: int, channels: int, split: str = "train") -> DataSource:
     """MNIST, Fashion-MNIST or CIFAR-10 from ``keras.datasets`` (downloads on first use: needs internet).
 
@@ -212,9 +225,12 @@ def load_keras_dataset(name: str, image_size: int, channels: int, split: str = "
     try:
         (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
     except Exception as error:  # no internet, proxy, ...
+        cached = os.path.join(_keras_home(), "datasets", KERAS_CACHE_NAMES[name])
+        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line
         raise ValueError(
-            f"Could not download {name!r} with keras.datasets ({type(error).__name__}: {error}). "
-            "It needs internet on first use; offline, use --data digits."
+            f"Could not download {name!r} with keras.datasets ({reason}). It needs internet "
+            f"once, then reads its cache {cached}: connect and retry, or copy that from a "
+            "machine that has it; offline, use --data digits."
         ) from error
     images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
     images = images[..., None] if images.ndim == 3 else images

@@ -46,8 +46,6 @@ def test_offline_without_cache_is_one_line_naming_the_fix(name, offline_keras_ho
     assert "--data digits" in message, message  # what works offline
 
 
-@pytest.mark.xfail(strict=True, reason="data.load_keras_dataset does not yet name the cache "
-                   "file to copy in by hand (proposed change in the chapter 'Scaling up' report)")
 def test_offline_error_names_the_cache_file(offline_keras_home):
     home, _ = offline_keras_home
     with pytest.raises(ValueError) as raised:
