@@ -35,28 +35,48 @@ def repository(root: Path) -> tuple[str, str]:
     return repo["url"].rstrip("/"), repo.get("branch", "main")
 
 
+# Colab's TPU runtimes come without TensorFlow: the TPU build of the TensorFlow
+# of Colab's CPU/GPU runtime (.ci/colab-requirements-2026.08.txt).
+COLAB_TPU_TENSORFLOW = "tensorflow-tpu==2.20.0"
+
+
 def colab_cell_source(url: str, branch: str) -> str:
-    """Source of the first code cell of every chapter."""
+    """Source of the first code cell of every chapter: in Colab, install the package (on a TPU
+    runtime without TensorFlow, first TensorFlow's TPU build, then the package without pip
+    adding the CPU build); everywhere, start TensorFlow quietly and set the book's plot style."""
     return "\n".join(
         [
             f"{COLAB_MARKER}",
             "# (generated from _config.yml).",
+            "import importlib.util",
+            "import os",
             "import subprocess",
             "import sys",
             "",
             'if "google.colab" in sys.modules:',
-            "    subprocess.run(",
-            '        [sys.executable, "-m", "pip", "install", "-q",',
-            '         "ddpm_helpers @ git+"',
-            f'         "{url}@{branch}"],',
-            "        check=True,",
+            '    pip = [sys.executable, "-m", "pip", "install", "-q"]',
+            "    package = (",
+            '        "ddpm_helpers @ git+"',
+            f'        "{url}@{branch}"',
             "    )",
+            '    tpu = importlib.util.find_spec("libtpu") is not None',
+            '    tpu = tpu or os.path.exists("/dev/accel0")',
+            '    if tpu and importlib.util.find_spec("tensorflow") is None:',
+            "        # A TPU runtime comes without TensorFlow: install its TPU",
+            "        # build, and the package without pip adding the CPU build.",
+            f'        subprocess.run([*pip, "{COLAB_TPU_TENSORFLOW}"], check=True)',
+            '        subprocess.run([*pip, "--no-deps", package], check=True)',
+            "    else:",
+            "        subprocess.run([*pip, package], check=True)",
             "",
             "# Start TensorFlow here, in a cell the rendered page hides, so that its",
             "# C++ start-up log (which ignores TF_CPP_MIN_LOG_LEVEL since TF 2.21)",
-            "# does not clutter the chapter.",
+            "# does not clutter the chapter; and use the book's plot style.",
             "import tensorflow  # noqa: E402",
             "",
+            "from ddpm_helpers.plotting import use_book_style  # noqa: E402",
+            "",
+            "use_book_style()",
             "tensorflow.config.list_logical_devices()",
         ]
     )

@@ -235,6 +235,22 @@ def test_colab_cell_installs_only_in_colab(monkeypatch):
     assert calls == [([sys.executable, "-m", "pip", "install", "-q",
                        "ddpm_helpers @ git+https://example.org/x/y@main"], {"check": True})]
 
+    # A Colab TPU runtime without TensorFlow: TensorFlow's TPU build first, then the package
+    # without its dependencies (pip would otherwise add the CPU build of TensorFlow).
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    fake_specs = {"libtpu": object(), "tensorflow": None}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: fake_specs[name] if name in fake_specs
+                        else real_find_spec(name, *a))
+    calls.clear()
+    exec(compile(source, "<colab cell>", "exec"), {})
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    assert calls == [(pip + [booktools.COLAB_TPU_TENSORFLOW], {"check": True}),
+                     (pip + ["--no-deps", "ddpm_helpers @ git+https://example.org/x/y@main"],
+                      {"check": True})]
+
 
 def test_repository_url_is_required(tmp_path):
     (tmp_path / "_config.yml").write_text("title: no repository\n")
