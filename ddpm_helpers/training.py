@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_helpers.checkpoints import RunCheckpoint, checkpoint_path, latest_checkpoint, list_checkpoints
+from ddpm_helpers.checkpoints import HISTORY_KEYS, RunCheckpoint, checkpoint_path, latest_checkpoint, list_checkpoints
 from ddpm_helpers.learning_rates import (LR_SCHEDULES, ConstantLearningRate, ExponentialMovingAverage,
                                          SeedLearningRate, learning_rates, make_learning_rate, seed_learning_rate)
 from ddpm_helpers.runs import (CONFIG_FILE, FORMAT_VERSION, RUNS_DIR_ENV_VAR, _atomic_write_bytes, config_differences,
@@ -200,8 +200,9 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     optimizer.build(model.trainable_variables)
     ema = ExponentialMovingAverage(model, ema_model, profile.ema_decay)
     ema.reset()
-    start, history, train_seconds = _start_or_resume(run_dir, config, resume, steps)
+    start = _start_or_resume(run_dir, config, resume, steps)
     checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints)
+    history, train_seconds = {key: [] for key in HISTORY_KEYS}, 0.0
     if start:
         _, history, meta = checkpoint.restore(start)
         checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
@@ -264,8 +265,7 @@ def _check_settings(steps, num_classes, label_dropout, lr_schedule):
 
 
 def _start_or_resume(run_dir: Path, config: dict, resume: bool, steps: int):
-    """``(start step, empty history, 0)``; completes ``config`` (XLA, changes) and clears or checks ``run_dir``."""
-    history = {"step": [], "loss": [], "running_loss": [], "lr": []}
+    """The step to start from; completes ``config`` (XLA, changes) and clears or checks ``run_dir``."""
     found = None
     if resume:
         problem = stale_reason(run_dir)
@@ -281,7 +281,7 @@ def _start_or_resume(run_dir: Path, config: dict, resume: bool, steps: int):
         if holds_a_run(run_dir):
             move_aside(run_dir, "a new run starts in its place")
         run_dir.mkdir(parents=True, exist_ok=True)
-        return 0, history, 0.0
+        return 0
     stored = read_config(run_dir)
     if config["xla"] is None:
         config["xla"] = stored.get("xla")
@@ -297,7 +297,7 @@ def _start_or_resume(run_dir: Path, config: dict, resume: bool, steps: int):
     if "xla" in changed:
         note += " (XLA rounds differently: from here on the run matches neither setting's uninterrupted run exactly)"
     print(f"Resuming {run_dir} at step {found[0]} of {steps}{note}.")
-    return found[0], history, 0.0
+    return found[0]
 
 
 def load_run(run_dir, *, checkpoint=None) -> TrainedRun:

@@ -237,7 +237,9 @@ def test_load_or_train_resumes_an_incomplete_run(tmp_path, tiny_digits, straight
     run_dir = tmp_path / training.run_name(PROFILE, **kwargs)
     shutil.copytree(straight_run.run_dir, run_dir)
     # as if the run had stopped after its checkpoint at step 24
-    tf.train.update_checkpoint_state(str(run_dir), "ckpt-24", [f"ckpt-{s}" for s in (6, 12, 18, 24)])
+    tf.compat.v1.train.update_checkpoint_state(str(run_dir), "ckpt-24", [f"ckpt-{s}" for s in (6, 12, 18, 24)])
+    for path in run_dir.glob("ckpt-3[06].*"):
+        path.unlink()
     run = training.load_or_train(PROFILE, tmp_path, **kwargs)
     out = capsys.readouterr().out
     assert "incomplete (24 of 36 steps)" in out and "Resuming" in out and "changed" not in out
