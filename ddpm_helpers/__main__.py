@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compile the training step without XLA (compiles faster, runs slower; by default XLA "
                           "is used for runs of 1000 steps or more, and a resumed run keeps its setting)")
     xla.add_argument("--xla", dest="xla", action="store_true", help="compile the training step with XLA")
+    train.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker", "tpu"],
+                       help="tf.distribute strategy: mirrored (all GPUs of this machine), multiworker (several "
+                            "machines, TF_CONFIG), tpu (a Colab or Cloud TPU); --batch-size is the global batch")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="compute in bfloat16 (CPU, TPU) or float16 with loss scaling (GPU); weights, loss "
+                            "and EMA stay float32")
+    train.add_argument("--replicas", type=int, default=None,
+                       help="with --strategy mirrored on a machine without GPUs: split the CPU into this many "
+                            "logical devices (to try distribution on a laptop)")
 
     sample = commands.add_parser(
         "sample", help="draw samples from a trained run (ddpm_helpers.sampling)",
@@ -98,6 +107,9 @@ def train_from_cli(args) -> int:
     from ddpm_helpers.training import NonFiniteLossError, train
 
     try:
+        from ddpm_helpers.distribute import make_strategy
+
+        strategy = make_strategy(args.strategy, args.replicas)  # before TensorFlow sets up its devices
         profile = get_profile(args.profile)
         if args.batch_size is not None:
             if args.batch_size < 1:
@@ -111,11 +123,13 @@ def train_from_cli(args) -> int:
                     num_classes=args.num_classes, label_dropout=args.label_dropout or 0.0,
                     lr_schedule=args.lr_schedule, learning_rate=args.learning_rate,
                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                    jit_compile=args.xla)
+                    jit_compile=args.xla, strategy=strategy,
+                    mixed_precision=args.mixed_precision)
     except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"Trained {run.step} steps in {run.train_seconds:.0f} s ({run.steps_per_second:.2f} steps/s); "
+    print(f"Trained {run.step} steps in {run.train_seconds:.0f} s ({run.steps_per_second:.2f} steps/s) on "
+          f"{run.config['replicas']} replica(s), precision policy {run.config.get('precision', 'float32')}; "
           f"checkpoints and config.json in {run.run_dir}.")
     return 0
 

@@ -36,7 +36,7 @@ RUNS_DIR_ENV_VAR = "DDPM_RUNS_DIR"
 NON_TRAINING_FIELDS = ("description", "num_eval_samples", "checkpoint_every")
 # Settings a resumed run may change (a note says what changed): they steer the rest of training
 # but not what the checkpoint's weights mean.
-TRAINING_ONLY = ("profile.learning_rate", "profile.train_steps", "steps", "seed", "lr_schedule", "xla")
+TRAINING_ONLY = ("profile.learning_rate", "profile.train_steps", "steps", "seed", "lr_schedule", "xla", "precision")
 
 
 def _plain(value):
@@ -70,6 +70,7 @@ def make_config(profile, *, data_spec: str, data_fingerprint: str, steps: int, s
         "lr_schedule": lr_schedule,
         "rng": RNG_ALGORITHM,
         "xla": None if xla is None else bool(xla),
+        "precision": "float32",  # the Keras dtype policy of the computation (the weights are float32)
         "changes": [],  # training-only settings changed on resume: [{"step": s, "seed": [old, new]}, ...]
         "versions": {"ddpm_helpers": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": sys.version.split()[0]},
@@ -78,7 +79,7 @@ def make_config(profile, *, data_spec: str, data_fingerprint: str, steps: int, s
 
 def config_identity(config: dict) -> dict:
     """The parts of a config that decide the trained weights (versions and descriptions left out)."""
-    identity = {k: v for k, v in config.items() if k not in ("versions",)}
+    identity = {k: v for k, v in config.items() if k not in ("versions", "replicas")}
     identity["profile"] = {k: v for k, v in config.get("profile", {}).items() if k not in NON_TRAINING_FIELDS}
     return identity
 
@@ -192,6 +193,47 @@ def move_aside(run_dir, reason: str) -> Path:
     run_dir.rename(target)
     print(f"Moved the run in {run_dir} aside to {target} ({reason}); delete it when you no longer need it.")
     return target
+
+
+def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_min_steps: int) -> int:
+    """The step a run starts from: 0 for a new run (a run already in ``run_dir`` is moved aside), else
+    that of the newest checkpoint, if ``resume`` and the stored configuration allows it (a note says
+    which training-only settings changed). Completes ``config``: ``xla`` (default: the resumed run's,
+    else XLA from ``xla_min_steps`` steps on) and ``changes``."""
+    found = None
+    if resume:
+        problem = stale_reason(run_dir)
+        if problem:
+            raise ValueError(f"Cannot resume {run_dir}: {problem}. Train it afresh without --resume / resume=True "
+                             f"(the old run is then moved aside, not deleted).")
+        from ddpm_helpers.checkpoints import latest_checkpoint
+
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            print(f"No checkpoint in {run_dir}: starting from step 0.")
+    if found is None:
+        if config["xla"] is None:
+            config["xla"] = steps >= xla_min_steps
+        if holds_a_run(run_dir):
+            move_aside(run_dir, "a new run starts in its place")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return 0
+    stored = read_config(run_dir)
+    if config["xla"] is None:
+        config["xla"] = stored.get("xla")
+    refused, changed = resume_differences(stored, config)
+    if refused:
+        raise ValueError(
+            f"Cannot resume {run_dir}: it was trained with a different model, data or schedule ({', '.join(refused)}). "
+            "Resume with those settings as they were, or train afresh (without --resume) into another folder.")
+    if found[0] > steps:
+        raise ValueError(f"{run_dir} already holds {found[0]} steps, more than the {steps} requested.")
+    config["changes"] = list(stored.get("changes", [])) + ([{"step": found[0], **changed}] if changed else [])
+    note = f" with changed training settings: {describe_changes(changed)}" if changed else ""
+    if "xla" in changed:
+        note += " (XLA rounds differently: from here on the run matches neither setting's uninterrupted run exactly)"
+    print(f"Resuming {run_dir} at step {found[0]} of {steps}{note}.")
+    return found[0]
 
 
 def _slug(text: str) -> str:

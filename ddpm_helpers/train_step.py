@@ -78,12 +78,15 @@ def make_train_step(model, optimizer, schedule, loss_fn, *, ema=None, seed: int 
     4. loss = ``loss_fn(noise, predicted)`` (Eq. (eq-train-loss)); gradients; Adam update;
     5. EMA update of the averaged weights (Eq. (eq-ema)).
 
+    With a ``keras.optimizers.LossScaleOptimizer`` (float16 mixed precision) the loss is scaled
+    before the gradients and only the loss is checked: that optimizer skips overflowing steps.
     Steps 4's update and 5 happen only if the loss and every gradient are finite and no earlier
     step was not: the first step that is not records its number (counted from 1) in
     ``train_step.bad_step`` (a ``tf.Variable``, 0 while all is well; ``train_step.bad_what`` is 1
     for the loss, 2 for a gradient), and from then on the weights stay as they were. The caller
     reads ``bad_step`` when it needs to (before writing a checkpoint), not after every step.
     """
+    import keras
     import tensorflow as tf
 
     from ddpm_helpers.diffusion import q_sample
@@ -94,6 +97,8 @@ def make_train_step(model, optimizer, schedule, loss_fn, *, ema=None, seed: int 
         optimizer.build(variables)  # its variables cannot be created inside the step's tf.cond
     bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_step")
     bad_what = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_what")
+    # float16 training scales the loss; its optimizer skips (and lowers the scale after) an overflow itself
+    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def update(gradients):
         optimizer.apply_gradients(zip(gradients, variables))
@@ -111,11 +116,13 @@ def make_train_step(model, optimizer, schedule, loss_fn, *, ema=None, seed: int 
         if num_classes:
             inputs.append(drop_labels(labels, keys[2], num_classes, label_dropout))
         with tf.GradientTape() as tape:
-            predicted = model(inputs, training=True)
+            predicted = tf.cast(model(inputs, training=True), tf.float32)  # float32 under mixed precision too
             loss = loss_fn(noise, predicted)
-        gradients = tape.gradient(loss, variables)
+            scaled = optimizer.scale_loss(loss) if scales_loss else loss
+        gradients = tape.gradient(scaled, variables)
         loss_ok = tf.reduce_all(tf.math.is_finite(loss))
-        gradients_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+        gradients_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
+                                     ) if not scales_loss else tf.constant(True)
         first_bad = tf.logical_and(bad_step == 0, tf.logical_not(tf.logical_and(loss_ok, gradients_ok)))
         bad_what.assign(tf.where(first_bad, tf.where(loss_ok, tf.constant(2, tf.int64), 1), bad_what))
         bad_step.assign(tf.where(first_bad, tf.cast(step, tf.int64) + 1, bad_step))
@@ -133,6 +140,33 @@ def build_models(profile, num_classes: int | None = None):
     model = build_unet_for_profile(profile, num_classes=num_classes)
     ema_model = build_unet_for_profile(profile, num_classes=num_classes)
     return model, ema_model
+
+
+
+def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, strategy=None,
+                         precision: str = "float32"):
+    """``(model, ema_model, optimizer, ema, rate)`` for training ``profile``'s U-Net, created in
+    ``strategy``'s scope under the Keras dtype ``precision`` policy: Adam with the learning rate
+    ``rate`` (Eq. (eq-seed-lr) or another :func:`~ddpm_helpers.learning_rates.make_learning_rate`
+    schedule; loss scaling for float16) and the EMA of Eq. (eq-ema), started at the initial weights.
+    """
+    import contextlib
+
+    import keras
+
+    from ddpm_helpers.distribute import dtype_policy
+    from ddpm_helpers.learning_rates import ExponentialMovingAverage, make_learning_rate
+
+    with strategy.scope() if strategy is not None else contextlib.nullcontext(), dtype_policy(precision):
+        model, ema_model = build_models(profile, num_classes)
+        rate = make_learning_rate(lr_schedule, profile.learning_rate, steps)
+        optimizer = keras.optimizers.Adam(rate)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        ema = ExponentialMovingAverage(model, ema_model, profile.ema_decay)
+        ema.reset()
+    return model, ema_model, optimizer, ema, rate
 
 
 def evaluation_loss(model, schedule, images, *, loss: str = "mse", labels=None, num_classes: int | None = None,

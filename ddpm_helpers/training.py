@@ -5,7 +5,8 @@ The pieces live in modules of their own, and are re-exported here under the name
 - :mod:`ddpm_helpers.learning_rates`: Adam's step size (Eq. (eq-seed-lr)) and the EMA (Eq. (eq-ema));
 - :mod:`ddpm_helpers.train_step`: the compiled step (Eq. (eq-train-loss)) and its random numbers;
 - :mod:`ddpm_helpers.checkpoints`: ``tf.train.Checkpoint`` + ``CheckpointManager``;
-- :mod:`ddpm_helpers.runs`: run folders, their configuration and format version, the lock.
+- :mod:`ddpm_helpers.runs`: run folders, their configuration and format version, the lock;
+- :mod:`ddpm_helpers.distribute`: ``tf.distribute`` strategies and mixed precision.
 
 This module holds :func:`train` (the loop), :class:`TrainedRun`, :func:`load_run` and
 :func:`load_or_train`. Reproducibility: the random numbers of step ``s`` come from keys of
@@ -16,7 +17,6 @@ one that ran straight through.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -24,18 +24,21 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_helpers.checkpoints import HISTORY_KEYS, RunCheckpoint, checkpoint_path, latest_checkpoint, list_checkpoints
+from ddpm_helpers.distribute import make_distributed_train_step, make_strategy, precision_policy, setup_strategy
 from ddpm_helpers.learning_rates import (LR_SCHEDULES, ConstantLearningRate, ExponentialMovingAverage,
                                          SeedLearningRate, learning_rates, make_learning_rate, seed_learning_rate)
 from ddpm_helpers.runs import (CONFIG_FILE, FORMAT_VERSION, RUNS_DIR_ENV_VAR, _atomic_write_bytes, config_differences,
-                               config_identity, default_runs_dir, describe_changes, holds_a_run, make_config,
-                               move_aside, profile_from_dict, read_config, resume_differences, run_lock, run_name,
-                               stale_reason, write_config)
-from ddpm_helpers.train_step import (RNG_ALGORITHM, NonFiniteLossError, build_models, draw_step_randomness,
-                                     drop_labels, evaluation_loss, make_train_step, measure_step_time, step_keys)
+                               config_identity, default_runs_dir, make_config, move_aside, prepare_run_dir,
+                               profile_from_dict, read_config, run_lock, run_name, stale_reason, write_config)
+from ddpm_helpers.train_step import (RNG_ALGORITHM, NonFiniteLossError, build_models, build_training_state,
+                                     draw_step_randomness, drop_labels, evaluation_loss, make_train_step,
+                                     measure_step_time, step_keys)
+from ddpm_helpers.trained_run import TrainedRun, load_run
 
 __all__ = [
     "CONFIG_FILE", "FORMAT_VERSION", "LR_SCHEDULES", "RNG_ALGORITHM", "RUNS_DIR_ENV_VAR", "RUNNING_LOSS_DECAY",
     "XLA_MIN_STEPS", "ConstantLearningRate", "ExponentialMovingAverage", "NonFiniteLossError", "RunCheckpoint",
+    "make_strategy", "profile_from_dict",
     "SeedLearningRate", "TrainedRun", "_atomic_write_bytes", "build_models", "checkpoint_path",
     "config_differences", "config_identity", "draw_step_randomness", "drop_labels", "evaluation_loss",
     "latest_checkpoint", "learning_rates", "list_checkpoints", "load_or_train", "load_run", "make_config",
@@ -46,48 +49,6 @@ __all__ = [
 XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see its jit_compile)
 RUNNING_LOSS_DECAY = 0.98  # smoothing of the loss curve shown by the progress bar and the chapter
 PROGRESS_SECONDS = 0.5  # the loop reads the losses back (a host sync) at most this often, and at checkpoints
-
-
-@dataclasses.dataclass
-class TrainedRun:
-    """A model trained by :func:`train` (or loaded by :func:`load_run`).
-
-    ``model`` holds the last weights, ``ema_model`` their EMA (use it for sampling);
-    ``history`` is a dict of lists, one entry per step: ``step``, ``loss`` (the raw mini-batch
-    loss), ``running_loss`` (its exponential moving average, decay 0.98) and ``lr``;
-    ``config`` is what ``config.json`` holds; ``step`` the steps done; ``train_seconds`` the
-    wall time spent training (all sessions of a resumed run together) and ``steps_per_second``
-    the speed measured after the first, compiling, step.
-    """
-
-    model: object
-    ema_model: object
-    schedule: object
-    profile: object
-    history: dict
-    run_dir: Path
-    config: dict
-    step: int = 0
-    train_seconds: float = float("nan")
-    steps_per_second: float = float("nan")
-    loaded: bool = False
-    optimizer: object = None  # the Adam optimizer after training (None for a loaded run)
-
-    @property
-    def complete(self) -> bool:
-        return self.step >= int(self.config["steps"])
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.config.get("num_classes")
-
-    @property
-    def label_dropout(self) -> float:
-        return float(self.config.get("label_dropout", 0.0))
-
-    def __repr__(self) -> str:
-        return (f"TrainedRun({str(self.run_dir)!r}, profile={self.profile.name!r}, step={self.step}/"
-                f"{self.config['steps']}, {'loaded' if self.loaded else 'trained'})")
 
 
 class _History:
@@ -111,6 +72,26 @@ class _History:
                 self.history[key].append(value)
         self.pending.clear()
         return [("loss", self.history["loss"][-1]), ("running_loss", self.running), ("lr", self.history["lr"][-1])]
+
+
+class _Clock:
+    """Wall time of a run (all its sessions) and its speed after the first, compiling, step."""
+
+    def __init__(self, start: int, meta: dict):
+        self.start, self.previous = start, float(meta.get("train_seconds") or 0.0)
+        self.began, self.timed_from = time.perf_counter(), None
+
+    def compiled(self) -> float:
+        self.timed_from = time.perf_counter()
+        return self.timed_from - self.began
+
+    def meta(self, step: int, seed: int, steps_per_epoch: int) -> dict:
+        """What a checkpoint records besides the weights: the data position, the times."""
+        now, timed = time.perf_counter(), step - self.start - 1
+        epoch, batch = divmod(step, steps_per_epoch)
+        return {"seed": seed, "epoch": epoch, "batch_in_epoch": batch, "steps_per_epoch": steps_per_epoch,
+                "train_seconds": self.previous + now - self.began,
+                "steps_per_second": timed / (now - self.timed_from) if timed else None}
 
 
 def _non_finite_error(train_step, steps, run_dir, last_saved):
@@ -143,7 +124,8 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
           seed: int | None = None, progress: bool = True, num_classes: int | None = None,
           label_dropout: float = 0.0, lr_schedule: str = "seed", learning_rate: float | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 2, jit_compile: bool | None = None,
-          loss_fn=None, on_step=None) -> TrainedRun:
+          loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
+          mixed_precision: bool = False) -> TrainedRun:
     """Train the profile's U-Net as a DDPM and write checkpoints and ``config.json`` to ``run_dir``.
 
     - ``steps`` (default ``profile.train_steps``), ``seed`` (default ``profile.seed``), ``data``
@@ -166,11 +148,18 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     - ``jit_compile``: compile the step with XLA (on the book's small CPU networks this halves the
       time per step, but compiles longer). Default: the resumed run's setting, else XLA for runs
       of at least ``XLA_MIN_STEPS`` steps.
+    - ``strategy``: a ``tf.distribute`` strategy or a name for
+      :func:`ddpm_helpers.distribute.make_strategy` (with ``replicas``); ``profile.batch_size`` is
+      the global batch. The result does not depend on the number of replicas (up to float
+      rounding), and a run may be resumed with another one. XLA is not used under a strategy.
+    - ``mixed_precision``: compute in bfloat16 (CPUs, TPUs) or float16 with loss scaling (GPUs),
+      keeping the weights, the network's output, the loss and the EMA in float32
+      (:func:`ddpm_helpers.distribute.precision_policy`).
     """
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers.data import iterate_batches, load_data
+    from ddpm_helpers.data import iterate_batches
     from ddpm_helpers.diffusion import diffusion_loss
     from ddpm_helpers.pages import ProgressBar
     from ddpm_helpers.profiles import get_profile
@@ -183,6 +172,63 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     seed = int(profile.seed if seed is None else seed)
     checkpoint_every = int(checkpoint_every or profile.checkpoint_every)
     _check_settings(steps, num_classes, label_dropout, lr_schedule)
+    source, config = _source_and_config(profile, data, steps=steps, seed=seed, num_classes=num_classes,
+                                        label_dropout=label_dropout, lr_schedule=lr_schedule, xla=jit_compile)
+
+    strategy = setup_strategy(strategy, replicas, profile.batch_size, config)
+    config["precision"] = precision_policy(mixed_precision, strategy)
+    keras.utils.set_random_seed(seed)  # the initial weights (and, with make_pipeline's seeds, the data order)
+    model, ema_model, optimizer, ema, rate = build_training_state(
+        profile, num_classes=num_classes, lr_schedule=lr_schedule, steps=steps, strategy=strategy,
+        precision=config["precision"])
+    start = prepare_run_dir(run_dir, config, resume, steps, XLA_MIN_STEPS)
+    checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints)
+    _, history, meta = checkpoint.restore(start) if start else (0, {key: [] for key in HISTORY_KEYS}, {})
+    checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
+    write_config(run_dir, config)
+
+    schedule = make_schedule(profile.schedule, profile.timesteps)
+    step_options = dict(ema=ema, seed=seed, num_classes=num_classes, label_dropout=label_dropout)
+    if strategy is None:
+        train_step = make_train_step(model, optimizer, schedule, loss_fn or diffusion_loss(profile.loss),
+                                     jit_compile=config["xla"], **step_options)
+    else:
+        train_step = make_distributed_train_step(strategy, model, optimizer, schedule,
+                                                 loss_fn or diffusion_loss(profile.loss), **step_options)
+    batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
+    curve = _History(history, learning_rates(rate, start, steps), start)
+    clock, last_saved, bar, last_flush = _Clock(start, meta), start or None, None, 0.0
+
+    for step in range(start + 1, steps + 1):
+        images, labels = _next_batch(batches, source)
+        curve.pending.append(train_step(images, labels, tf.constant(step - 1, tf.int64)))
+        if bar is None:  # the first step traced and compiled the graph
+            curve.pending[-1].numpy()
+            bar = ProgressBar(steps, label=f"training {run_dir.name}: compiled the step in {clock.compiled():.1f} s",
+                              enabled=progress, stateful_metrics=["loss", "running_loss", "lr"])
+        saving = step % checkpoint_every == 0 or step == steps
+        if saving or on_step is not None or (progress and time.perf_counter() - last_flush > PROGRESS_SECONDS):
+            if int(train_step.bad_step):
+                raise _non_finite_error(train_step, steps, run_dir, last_saved)
+            bar.update(step, curve.flush(step))
+            last_flush = time.perf_counter()
+            if on_step is not None:
+                on_step(step, curve.history["loss"][-1])
+        if saving:
+            meta = clock.meta(step, seed, source.steps_per_epoch(profile.batch_size))
+            checkpoint.save(step, curve.history, meta)
+            last_saved = step
+
+    return TrainedRun(model=model, ema_model=ema_model, schedule=schedule, profile=profile, history=curve.history,
+                      run_dir=run_dir, config=config, step=max(start, steps),
+                      train_seconds=float(meta.get("train_seconds") or 0.0),
+                      steps_per_second=meta.get("steps_per_second") or float("nan"), optimizer=optimizer)
+
+
+def _source_and_config(profile, data, *, num_classes, **settings):
+    """The training data (:func:`ddpm_helpers.data.load_data`) and the run's configuration."""
+    from ddpm_helpers.data import load_data
+
     data_spec = profile.dataset if data is None else data
     source = load_data(data_spec, profile.image_size, profile.channels, split="train")
     if num_classes and source.num_classes is None:
@@ -190,67 +236,8 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     if num_classes and source.num_classes is not None and source.num_classes > num_classes:
         raise ValueError(f"The data has {source.num_classes} classes but num_classes={num_classes}.")
     config = make_config(profile, data_spec=data_spec if isinstance(data_spec, str) else source.name,
-                         data_fingerprint=source.fingerprint, steps=steps, seed=seed, num_classes=num_classes,
-                         label_dropout=label_dropout, lr_schedule=lr_schedule, xla=jit_compile)
-
-    keras.utils.set_random_seed(seed)  # the initial weights (and, with make_pipeline's seeds, the data order)
-    model, ema_model = build_models(profile, num_classes)
-    rate = make_learning_rate(lr_schedule, profile.learning_rate, steps)
-    optimizer = keras.optimizers.Adam(rate)
-    optimizer.build(model.trainable_variables)
-    ema = ExponentialMovingAverage(model, ema_model, profile.ema_decay)
-    ema.reset()
-    start = _start_or_resume(run_dir, config, resume, steps)
-    checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints)
-    history, train_seconds = {key: [] for key in HISTORY_KEYS}, 0.0
-    if start:
-        _, history, meta = checkpoint.restore(start)
-        checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
-        train_seconds = float(meta.get("train_seconds") or 0.0)
-    write_config(run_dir, config)
-
-    schedule = make_schedule(profile.schedule, profile.timesteps)
-    train_step = make_train_step(model, optimizer, schedule, loss_fn or diffusion_loss(profile.loss), ema=ema,
-                                 seed=seed, num_classes=num_classes, label_dropout=label_dropout,
-                                 jit_compile=config["xla"])
-    batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
-    steps_per_epoch = source.steps_per_epoch(profile.batch_size)
-    curve = _History(history, learning_rates(rate, start, steps), start)
-    last_saved = start or None
-    bar, values = None, []
-    session_start, timed_start, last_flush = time.perf_counter(), None, 0.0
-
-    for step in range(start + 1, steps + 1):
-        images, labels = _next_batch(batches, source)
-        curve.pending.append(train_step(images, labels, tf.constant(step - 1, tf.int64)))
-        if timed_start is None:  # the first step traced and compiled the graph
-            curve.pending[-1].numpy()
-            timed_start = time.perf_counter()
-            bar = ProgressBar(steps, label=f"training {run_dir.name}: compiled the step in "
-                              f"{timed_start - session_start:.1f} s", enabled=progress,
-                              stateful_metrics=["loss", "running_loss", "lr"])
-        saving = step % checkpoint_every == 0 or step == steps
-        if saving or on_step is not None or (progress and time.perf_counter() - last_flush > PROGRESS_SECONDS):
-            if int(train_step.bad_step):
-                raise _non_finite_error(train_step, steps, run_dir, last_saved)
-            values, last_flush = curve.flush(step), time.perf_counter()
-            bar.update(step, values)
-            if on_step is not None:
-                on_step(step, curve.history["loss"][-1])
-        if saving:
-            timed = step - start - 1
-            seconds = time.perf_counter() - timed_start
-            epoch, batch = divmod(step, steps_per_epoch)
-            meta = {"seed": seed, "epoch": epoch, "batch_in_epoch": batch, "steps_per_epoch": steps_per_epoch,
-                    "train_seconds": train_seconds + time.perf_counter() - session_start,
-                    "steps_per_second": timed / seconds if timed else None}
-            checkpoint.save(step, curve.history, meta)
-            last_saved = step
-
-    final = meta if start < steps else {"train_seconds": train_seconds, "steps_per_second": None}
-    return TrainedRun(model=model, ema_model=ema_model, schedule=schedule, profile=profile, history=curve.history,
-                      run_dir=run_dir, config=config, step=max(start, steps), train_seconds=final["train_seconds"],
-                      steps_per_second=final["steps_per_second"] or float("nan"), optimizer=optimizer)
+                         data_fingerprint=source.fingerprint, num_classes=num_classes, **settings)
+    return source, config
 
 
 def _check_settings(steps, num_classes, label_dropout, lr_schedule):
@@ -262,81 +249,6 @@ def _check_settings(steps, num_classes, label_dropout, lr_schedule):
         raise ValueError("label_dropout needs a conditional model: pass num_classes too.")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"Unknown learning-rate schedule {lr_schedule!r}. Valid: {', '.join(LR_SCHEDULES)}.")
-
-
-def _start_or_resume(run_dir: Path, config: dict, resume: bool, steps: int):
-    """The step to start from; completes ``config`` (XLA, changes) and clears or checks ``run_dir``."""
-    found = None
-    if resume:
-        problem = stale_reason(run_dir)
-        if problem:
-            raise ValueError(f"Cannot resume {run_dir}: {problem}. Train it afresh without --resume / resume=True "
-                             f"(the old run is then moved aside, not deleted).")
-        found = latest_checkpoint(run_dir)
-        if found is None:
-            print(f"No checkpoint in {run_dir}: starting from step 0.")
-    if found is None:
-        if config["xla"] is None:
-            config["xla"] = steps >= XLA_MIN_STEPS
-        if holds_a_run(run_dir):
-            move_aside(run_dir, "a new run starts in its place")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return 0
-    stored = read_config(run_dir)
-    if config["xla"] is None:
-        config["xla"] = stored.get("xla")
-    refused, changed = resume_differences(stored, config)
-    if refused:
-        raise ValueError(
-            f"Cannot resume {run_dir}: it was trained with a different model, data or schedule ({', '.join(refused)}). "
-            "Resume with those settings as they were, or train afresh (without --resume) into another folder.")
-    if found[0] > steps:
-        raise ValueError(f"{run_dir} already holds {found[0]} steps, more than the {steps} requested.")
-    config["changes"] = list(stored.get("changes", [])) + ([{"step": found[0], **changed}] if changed else [])
-    note = f" with changed training settings: {describe_changes(changed)}" if changed else ""
-    if "xla" in changed:
-        note += " (XLA rounds differently: from here on the run matches neither setting's uninterrupted run exactly)"
-    print(f"Resuming {run_dir} at step {found[0]} of {steps}{note}.")
-    return found[0]
-
-
-def load_run(run_dir, *, checkpoint=None) -> TrainedRun:
-    """The run in ``run_dir``: its ``config.json`` and newest checkpoint, or the one of step
-    ``checkpoint`` (a step number, or a name such as ``"ckpt-500"``).
-
-    Raises ``FileNotFoundError`` when the folder holds no run or no such checkpoint, listing
-    those it holds, and ``ValueError`` for a run of an older format.
-    """
-    from ddpm_helpers.schedules import make_schedule
-
-    run_dir = Path(run_dir)
-    problem = stale_reason(run_dir)
-    if problem:
-        raise ValueError(f"Cannot load {run_dir}: {problem}. Train it again (load_or_train moves it aside).")
-    config = read_config(run_dir)
-    available = list_checkpoints(run_dir)
-    if not available:
-        raise FileNotFoundError(
-            f"{run_dir} has a {CONFIG_FILE} but no checkpoint: training never reached its first checkpoint. "
-            f"Continue it with `python -m ddpm_helpers train --out {run_dir} --resume` or train(..., resume=True).")
-    step = available[-1][0] if checkpoint is None else _checkpoint_step(checkpoint, available, run_dir)
-    profile = profile_from_dict(config["profile"])
-    model, ema_model = build_models(profile, config.get("num_classes"))
-    _, history, meta = RunCheckpoint(run_dir, model, ema_model, keep=0).restore(step)
-    return TrainedRun(model=model, ema_model=ema_model, schedule=make_schedule(profile.schedule, profile.timesteps),
-                      profile=profile, history=history, run_dir=run_dir, config=config, step=step,
-                      train_seconds=float(meta.get("train_seconds") or float("nan")),
-                      steps_per_second=float(meta.get("steps_per_second") or float("nan")), loaded=True)
-
-
-def _checkpoint_step(checkpoint, available, run_dir) -> int:
-    steps = {step: path.name for step, path in available}
-    text = Path(str(checkpoint)).name
-    number = text.rsplit("-", 1)[-1].split(".", 1)[0]
-    if number.isdigit() and int(number) in steps and (text == number or text.startswith("ckpt-")):
-        return int(number)
-    raise FileNotFoundError(f"{run_dir} has no checkpoint {checkpoint!r}; it holds "
-                            f"{', '.join(steps.values())} (pass one of those names or its step number).")
 
 
 def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:

@@ -15,7 +15,6 @@ tf = pytest.importorskip("tensorflow")
 
 from ddpm_helpers import get_profile, training  # noqa: E402
 from ddpm_helpers.data import load_digits  # noqa: E402
-from ddpm_helpers.diffusion import diffusion_loss  # noqa: E402
 from ddpm_helpers.schedules import make_schedule  # noqa: E402
 
 PROFILE = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,
