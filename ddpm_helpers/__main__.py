@@ -15,9 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a DDPM (ddpm_helpers.training)",
-        description="Train a DDPM and write checkpoints (ckpt-<step>.npz, atomically) and config.json to --out. "
-                    "Ctrl-C (or a crash) loses at most the steps since the last checkpoint: run the same "
-                    "command with --resume to continue exactly where that checkpoint left off.",
+        description="Train a DDPM and write checkpoints (tf.train.Checkpoint files ckpt-<step>.*) and config.json "
+                    "to --out. Ctrl-C (or a crash) loses at most the steps since the last checkpoint: run the same "
+                    "command with --resume to continue exactly where that checkpoint left off. --resume may change "
+                    "--learning-rate, --steps, --seed and --no-xla (it prints what changed), not the model or data.",
         epilog="Examples: python -m ddpm_helpers train --profile default --data digits --out runs/digits ; "
                "python -m ddpm_helpers train --profile seed --data folder:data/img_align_celeba --out runs/celeba "
                "(CelebA: https://www.kaggle.com/datasets/jessicali9530/celeba-dataset, unzipped; a GPU is advised).",
@@ -31,22 +32,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     train.add_argument("--overwrite", action="store_true",
-                       help="start again even though --out already holds checkpoints (they are deleted)")
+                       help="start again even though --out already holds a run (it is moved aside to OUT.stale-N)")
     train.add_argument("--seed", type=int, default=None, help="seed of the weights, data order and noise "
-                       "(default: the profile's)")
+                       "(default: the profile's; with --resume: of the data order and noise from there on)")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="base learning rate of --lr-schedule (default: the profile's)")
+    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
     train.add_argument("--lr-schedule", default="seed", choices=["seed", "constant", "cosine", "warmup_cosine"],
-                       help="learning rate over training, from the profile's learning_rate (default: seed, "
+                       help="learning rate over training, from --learning-rate (default: seed, "
                             "lr = base * 100000 / (step + 100000))")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="steps between checkpoints (default: the profile's)")
+    train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default: 2)")
     train.add_argument("--num-classes", type=int, default=None,
                        help="train a class-conditional model on the data's labels (e.g. 10 for digits)")
     train.add_argument("--label-dropout", type=float, default=0.0,
                        help="with --num-classes: probability of replacing a label by the null label, for "
                             "classifier-free guidance (e.g. 0.1)")
-    train.add_argument("--no-xla", action="store_true",
-                       help="compile the training step without XLA (by default XLA is used for runs of 1000 steps "
-                            "or more): compiles faster, runs slower")
+    xla = train.add_mutually_exclusive_group()
+    xla.add_argument("--no-xla", dest="xla", action="store_false", default=None,
+                     help="compile the training step without XLA (compiles faster, runs slower; by default XLA "
+                          "is used for runs of 1000 steps or more, and a resumed run keeps its setting)")
+    xla.add_argument("--xla", dest="xla", action="store_true", help="compile the training step with XLA")
+    train.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker", "tpu"],
+                       help="tf.distribute strategy: mirrored (all GPUs of this machine), multiworker (several "
+                            "machines, TF_CONFIG), tpu (a Colab or Cloud TPU); --batch-size is the global batch")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="compute in bfloat16 (CPU, TPU) or float16 with loss scaling (GPU); weights, loss "
+                            "and EMA stay float32")
+    train.add_argument("--replicas", type=int, default=None,
+                       help="with --strategy mirrored on a machine without GPUs: split the CPU into this many "
+                            "logical devices (to try distribution on a laptop)")
 
     sample = commands.add_parser(
         "sample", help="draw samples from a trained run (ddpm_helpers.sampling)",
@@ -72,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        from ddpm_helpers.training import train_from_cli
-
         return train_from_cli(args)
     if args.command == "sample":
         from ddpm_helpers.sampling import sample_from_cli
@@ -82,6 +96,42 @@ def main(argv: list[str] | None = None) -> int:
     from ddpm_helpers.metrics import evaluate_from_cli
 
     return evaluate_from_cli(args)
+
+
+def train_from_cli(args) -> int:
+    """``python -m ddpm_helpers train``: see ``--help``. Returns the exit status."""
+    from pathlib import Path
+
+    from ddpm_helpers.profiles import get_profile
+    from ddpm_helpers.runs import holds_a_run
+    from ddpm_helpers.training import NonFiniteLossError, train
+
+    try:
+        from ddpm_helpers.distribute import make_strategy
+
+        strategy = make_strategy(args.strategy, args.replicas)  # before TensorFlow sets up its devices
+        profile = get_profile(args.profile)
+        if args.batch_size is not None:
+            if args.batch_size < 1:
+                raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+            profile = profile.replace(batch_size=args.batch_size)
+        run_dir = Path(args.out)
+        if not args.resume and not args.overwrite and holds_a_run(run_dir):
+            raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
+                             "again (the old run is moved aside, not deleted), or choose another --out.")
+        run = train(profile, run_dir, steps=args.steps, resume=args.resume, data=args.data, seed=args.seed,
+                    num_classes=args.num_classes, label_dropout=args.label_dropout or 0.0,
+                    lr_schedule=args.lr_schedule, learning_rate=args.learning_rate,
+                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                    jit_compile=args.xla, strategy=strategy,
+                    mixed_precision=args.mixed_precision)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Trained {run.step} steps in {run.train_seconds:.0f} s ({run.steps_per_second:.2f} steps/s) on "
+          f"{run.config['replicas']} replica(s), precision policy {run.config.get('precision', 'float32')}; "
+          f"checkpoints and config.json in {run.run_dir}.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Tests of ddpm_helpers.training: learning rate, EMA, training, checkpoints, resume, runs and the CLI.
+"""Tests of ddpm_helpers.training and the modules it re-exports (learning_rates, train_step,
+checkpoints, runs): learning rate, EMA, the step's NaN guard, training, checkpoints, resume, stale
+runs and the CLI.
 
 The runs use the smoke profile on a tiny slice of the digits, so that each trains in seconds.
 """
@@ -43,7 +45,8 @@ def _max_difference(weights_a, weights_b):
 # ---------------------------------------------------------------- learning rate and EMA
 
 def test_seed_learning_rate_matches_its_formula():
-    schedule = training.SeedLearningRate(1e-4)
+    schedule = training.seed_learning_rate(1e-4)
+    assert isinstance(schedule, keras.optimizers.schedules.InverseTimeDecay)
     for step in (0, 1, 10, 999, 63_310, 100_000, 1_000_000):
         expected = 1e-4 * 100_000 / (step + 100_000)
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
@@ -51,7 +54,7 @@ def test_seed_learning_rate_matches_its_formula():
 
 
 def test_make_learning_rate_names():
-    assert isinstance(training.make_learning_rate("seed", 1e-3, 100), training.SeedLearningRate)
+    assert isinstance(training.make_learning_rate("seed", 1e-3, 100), keras.optimizers.schedules.InverseTimeDecay)
     assert float(training.make_learning_rate("constant", 1e-3, 100)(57)) == pytest.approx(1e-3)
     cosine = training.make_learning_rate("cosine", 1e-3, 100)
     assert float(cosine(0)) == pytest.approx(1e-3) and float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
@@ -97,6 +100,16 @@ def test_ema_update_matches_hand_computation():
 
 # ---------------------------------------------------------------- training
 
+
+def _restored(run_dir, step, num_classes=None):
+    """Fresh models and optimizer with the checkpoint of ``step`` of ``run_dir`` loaded into them."""
+    model, ema_model = training.build_models(PROFILE, num_classes)
+    optimizer = keras.optimizers.Adam(training.make_learning_rate("seed", PROFILE.learning_rate, 36))
+    optimizer.build(model.trainable_variables)
+    training.RunCheckpoint(run_dir, model, ema_model, optimizer, keep=0).restore(step)
+    return model, ema_model, optimizer
+
+
 def test_a_few_dozen_steps_lower_the_loss(straight_run, tiny_digits):
     images, _ = tiny_digits
     run = straight_run
@@ -111,6 +124,7 @@ def test_a_few_dozen_steps_lower_the_loss(straight_run, tiny_digits):
     # step s (from 1) is Adam's iteration s - 1, which used the rate of the seed schedule at s - 1
     expected_lr = [PROFILE.learning_rate * 1e5 / (s - 1 + 1e5) for s in run.history["step"]]
     np.testing.assert_allclose(run.history["lr"], expected_lr, rtol=1e-6)
+    assert run.config["xla"] is True and run.config["rng"] == "philox"
 
 
 class _Interrupt(Exception):
@@ -129,15 +143,16 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_digits, st
         training.train(PROFILE, tmp_path / "resumed", steps=steps, data=images, progress=False, on_step=interrupt,
                        jit_compile=True)
     assert [s for s, _ in training.list_checkpoints(tmp_path / "resumed")] == [6]
-    resumed = training.train(PROFILE, tmp_path / "resumed", steps=steps, data=images, progress=False, resume=True,
-                             jit_compile=True)
+    resumed = training.train(PROFILE, tmp_path / "resumed", steps=steps, data=images, progress=False, resume=True)
+    assert resumed.config["xla"] is True  # kept from the interrupted run
 
     # the uninterrupted run's checkpoint at step 12 (the seed schedule does not depend on the total)
-    straight = training.read_checkpoint(training.checkpoint_path(straight_run.run_dir, steps))
-    assert _max_difference(straight["model"], resumed.model.get_weights()) < 1e-5
-    assert _max_difference(straight["ema"], resumed.ema_model.get_weights()) < 1e-5
-    assert _max_difference(straight["optimizer"], [v.numpy() for v in resumed.optimizer.variables]) < 1e-5
-    assert int(resumed.optimizer.iterations) == int(straight["optimizer"][0]) == steps
+    model, ema_model, optimizer = _restored(straight_run.run_dir, steps)
+    assert _max_difference(model.get_weights(), resumed.model.get_weights()) < 1e-5
+    assert _max_difference(ema_model.get_weights(), resumed.ema_model.get_weights()) < 1e-5
+    assert _max_difference([v.numpy() for v in optimizer.variables],
+                           [v.numpy() for v in resumed.optimizer.variables]) < 1e-5
+    assert int(resumed.optimizer.iterations) == int(optimizer.iterations) == steps
     np.testing.assert_allclose(resumed.history["loss"], straight_run.history["loss"][:steps], rtol=1e-5, atol=1e-6)
     loaded = training.load_run(tmp_path / "resumed")
     assert loaded.step == steps and loaded.loaded
@@ -155,66 +170,80 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, tiny_di
         calls.assign_add(1)
         return tf.where(calls > 8, tf.constant(float("nan")), huber(noise, predicted))
 
-    with pytest.raises(training.NonFiniteLossError, match=r"loss became nan at step 9 of 12") as error:
+    with pytest.raises(training.NonFiniteLossError, match=r"loss became NaN or infinite at step 9 of 12") as error:
         training.train(PROFILE, tmp_path / "run", steps=12, data=images, progress=False, loss_fn=loss_that_breaks,
                        jit_compile=False)
-    assert "ckpt-00000006.npz" in str(error.value) and "kept" in str(error.value)
+    assert "ckpt-6 (step 6)" in str(error.value) and "--resume" in str(error.value)
     run = training.load_run(tmp_path / "run")
     assert run.step == 6 and not run.complete
     assert all(np.all(np.isfinite(w)) for w in run.model.get_weights() + run.ema_model.get_weights())
 
 
-def test_a_crash_while_saving_keeps_the_last_checkpoint(tmp_path, straight_run, monkeypatch):
+def test_a_crash_while_saving_keeps_the_last_checkpoint(tmp_path, straight_run):
+    # A save interrupted before TensorFlow updates the index leaves files the index does not list.
     run_dir = tmp_path / "run"
     shutil.copytree(straight_run.run_dir, run_dir)
-    before = (run_dir / "ckpt-00000036.npz").read_bytes()
-    files = sorted(p.name for p in run_dir.iterdir())
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(training.os, "replace", crash)
-    with pytest.raises(OSError, match="simulated"):
-        training.save_checkpoint(run_dir, 36, straight_run.model, straight_run.ema_model, straight_run.optimizer,
-                                 straight_run.history, {})
-    monkeypatch.undo()
-    assert (run_dir / "ckpt-00000036.npz").read_bytes() == before
-    assert sorted(p.name for p in run_dir.iterdir()) == files  # no half-written file left behind
+    (run_dir / "ckpt-42.index").write_bytes(b"half")
+    (run_dir / "ckpt-42.data-00000-of-00001").write_bytes(b"")
+    assert training.latest_checkpoint(run_dir)[0] == 36
     assert training.load_run(run_dir).step == 36
 
 
 # ---------------------------------------------------------------- runs
 
-def test_load_or_train_loads_a_matching_run_and_retrains_a_stale_one(tmp_path, tiny_digits, straight_run, capsys):
+def test_load_or_train_loads_a_matching_run_and_moves_a_stale_one_aside(tmp_path, tiny_digits, straight_run, capsys):
     images, _ = tiny_digits
-    kwargs = dict(steps=36, data=images, progress=False, jit_compile=False)
+    kwargs = dict(steps=36, data=images, progress=False)
     name = training.run_name(PROFILE, **kwargs)
     shutil.copytree(straight_run.run_dir, tmp_path / name)
     loaded = training.load_or_train(PROFILE, tmp_path, **kwargs)
     assert loaded.loaded and loaded.run_dir == tmp_path / name and "Loaded" in capsys.readouterr().out
     assert _max_difference(straight_run.ema_model.get_weights(), loaded.ema_model.get_weights()) == 0.0
 
-    config_path = tmp_path / name / "config.json"
-    config = json.loads(config_path.read_text())
-    config["code"] = "0000000000000000"  # as if the model's code had changed since
-    config_path.write_text(json.dumps(config))
-    kwargs["steps"] = 6  # (a shorter run, to keep the test fast: a new name, trained from scratch)
-    shutil.copytree(tmp_path / name, tmp_path / training.run_name(PROFILE, **kwargs))
+    kwargs["steps"] = 6  # (a shorter run, to keep the test fast: a new name)
+    stale = tmp_path / training.run_name(PROFILE, **kwargs)
+    shutil.copytree(tmp_path / name, stale)
+    config = json.loads((stale / "config.json").read_text())
+    config["format"] = training.FORMAT_VERSION - 1  # as if written by an older version of the package
+    (stale / "config.json").write_text(json.dumps(config))
+    files = sorted(p.name for p in stale.iterdir())
     retrained = training.load_or_train(PROFILE, tmp_path, **kwargs)
-    assert not retrained.loaded and "different configuration (code, steps)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    aside = stale.with_name(stale.name + ".stale-1")
+    assert not retrained.loaded and f"aside to {aside}" in out and f"has format {config['format']}" in out
+    assert sorted(p.name for p in aside.iterdir()) == files  # moved, not deleted
     assert training.load_or_train(PROFILE, tmp_path, **kwargs).loaded
 
 
+def test_a_run_of_the_old_npz_format_is_moved_aside(tmp_path, tiny_digits, capsys):
+    kwargs = dict(steps=2, data=tiny_digits[0], progress=False, jit_compile=False)
+    old = tmp_path / training.run_name(PROFILE, **kwargs)
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"format": 1, "code": "0123456789abcdef"}))
+    (old / "ckpt-00000002.npz").write_bytes(b"old weights")
+    with pytest.raises(ValueError, match="older version of ddpm_helpers"):
+        training.load_run(old)
+    with pytest.raises(ValueError, match="Cannot resume .*older version.*moved aside"):
+        training.train(PROFILE, old, resume=True, **kwargs)
+    run = training.load_or_train(PROFILE, tmp_path, **kwargs)
+    assert run.step == 2 and "older version of ddpm_helpers" in capsys.readouterr().out
+    assert (old.with_name(old.name + ".stale-1") / "ckpt-00000002.npz").read_bytes() == b"old weights"
+
+
 def test_load_or_train_resumes_an_incomplete_run(tmp_path, tiny_digits, straight_run, capsys):
+    import tensorflow as tf
+
     kwargs = dict(steps=36, data=tiny_digits[0], progress=False)
     run_dir = tmp_path / training.run_name(PROFILE, **kwargs)
     shutil.copytree(straight_run.run_dir, run_dir)
-    for step in (36, 30):  # as if the run had stopped after its checkpoint at step 24
-        training.checkpoint_path(run_dir, step).unlink()
-    run = training.load_or_train(PROFILE, tmp_path, jit_compile=True, **kwargs)  # XLA, as the straight run
+    # as if the run had stopped after its checkpoint at step 24
+    tf.compat.v1.train.update_checkpoint_state(str(run_dir), "ckpt-24", [f"ckpt-{s}" for s in (6, 12, 18, 24)])
+    for path in run_dir.glob("ckpt-3[06].*"):
+        path.unlink()
+    run = training.load_or_train(PROFILE, tmp_path, **kwargs)
     out = capsys.readouterr().out
-    assert "incomplete (24 of 36 steps)" in out and "Resuming" in out
-    assert run.step == 36 and not run.loaded
+    assert "incomplete (24 of 36 steps)" in out and "Resuming" in out and "changed" not in out
+    assert run.step == 36 and not run.loaded and run.config["xla"] is True
     assert _max_difference(run.ema_model.get_weights(), straight_run.ema_model.get_weights()) < 1e-5
 
 
@@ -240,6 +269,15 @@ def test_load_run_without_a_run_explains(tmp_path):
         training.load_run(tmp_path)
 
 
+def test_load_run_of_a_checkpoint_by_name_or_step(straight_run):
+    assert training.load_run(straight_run.run_dir, checkpoint="ckpt-12").step == 12
+    assert training.load_run(straight_run.run_dir, checkpoint=18).step == 18
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 'ckpt-7'; it holds ckpt-6, ckpt-12, .*ckpt-36"):
+        training.load_run(straight_run.run_dir, checkpoint="ckpt-7")
+    with pytest.raises(FileNotFoundError, match="no checkpoint 'best'"):
+        training.load_run(straight_run.run_dir, checkpoint="best")
+
+
 # ---------------------------------------------------------------- command line
 
 def test_cli_help_documents_every_option(capsys):
@@ -247,18 +285,23 @@ def test_cli_help_documents_every_option(capsys):
         build_parser().parse_args(["train", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--profile", "--data", "--out", "--steps", "--resume", "folder:PATH"):
+    for option in ("--profile", "--data", "--out", "--steps", "--resume", "folder:PATH", "--batch-size",
+                   "--learning-rate", "--no-xla"):
         assert option in text
 
 
 def test_cli_trains_a_tiny_run_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    assert main(["train", "--profile", "smoke", "--data", "digits", "--out", str(out), "--steps", "3"]) == 0
+    argv = ["train", "--profile", "smoke", "--data", "digits", "--out", str(out), "--steps", "3", "--batch-size", "8"]
+    assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 3 and config["data"] == "digits" and config["profile"]["name"] == "smoke"
+    assert config["profile"]["batch_size"] == 8 and config["xla"] is False
     assert [s for s, _ in training.list_checkpoints(out)] == [3]
     assert "Trained 3 steps" in capsys.readouterr().out
     assert main(["train", "--profile", "smoke", "--out", str(out), "--steps", "3"]) == 1
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke", "--data", "folder:/no/such/folder", "--out", str(tmp_path / "x")]) == 1
     assert "kaggle.com" in capsys.readouterr().err
+    assert main(["train", "--profile", "smoke", "--out", str(tmp_path / "y"), "--batch-size", "0"]) == 1
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
