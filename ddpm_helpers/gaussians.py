@@ -38,7 +38,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def _tensorflow_if_any(values):
     """TensorFlow, if any value is a TF tensor or variable (TF is only imported by the caller)."""
     tf = sys.modules.get("tensorflow")
-    if tf is not None and any(isinstance(v, (tf.Tensor, tf.Variable)) for v in values):
+    if tf is not None and any(
+        isinstance(v, (tf.Tensor, tf.Variable)) for v in values
+    ):
         return tf
     return None
 
@@ -50,10 +52,16 @@ def _prepare(values, variance_names):
     """
     tf = _tensorflow_if_any(values.values())
     if tf is not None:
-        dtype = next(v.dtype for v in values.values() if isinstance(v, (tf.Tensor, tf.Variable)))
+        dtype = next(
+            v.dtype
+            for v in values.values()
+            if isinstance(v, (tf.Tensor, tf.Variable))
+        )
         if not dtype.is_floating:
-            raise ValueError(f"TensorFlow inputs must be floating point, got {dtype.name}: "
-                             f"cast them first, e.g. tf.cast(x, tf.float32).")
+            raise ValueError(
+                f"TensorFlow inputs must be floating point, got {dtype.name}: "
+                f"cast them first, e.g. tf.cast(x, tf.float32)."
+            )
         return tf.math, [tf.cast(v, dtype) for v in values.values()]
     converted = []
     for name, value in values.items():
@@ -62,7 +70,8 @@ def _prepare(values, variance_names):
             bad = array[~(array > 0)].ravel()[0]
             raise ValueError(
                 f"{name} must be a positive variance everywhere, got {float(bad):g}. Pass sigma**2 "
-                f"(not sigma, a log-variance or 0); a point mass has no density.")
+                f"(not sigma, a log-variance or 0); a point mass has no density."
+            )
         converted.append(array)
     return np, converted
 
@@ -75,7 +84,8 @@ def normal_log_pdf(x, mean, variance):
     the result over the d coordinates.
     """
     ops, (x, mean, variance) = _prepare(
-        {"x": x, "mean": mean, "variance": variance}, {"variance"})
+        {"x": x, "mean": mean, "variance": variance}, {"variance"}
+    )
     return -0.5 * (_LOG_2PI + ops.log(variance) + (x - mean) ** 2 / variance)
 
 
@@ -89,7 +99,8 @@ def kl_normal(mean_p, var_p, mean_q, var_q):
     """
     ops, (mean_p, var_p, mean_q, var_q) = _prepare(
         {"mean_p": mean_p, "var_p": var_p, "mean_q": mean_q, "var_q": var_q},
-        {"var_p", "var_q"})
+        {"var_p", "var_q"},
+    )
     log_ratio = ops.log(var_q) - ops.log(var_p)
     return 0.5 * (log_ratio + (var_p + (mean_p - mean_q) ** 2) / var_q - 1.0)
 
@@ -105,7 +116,8 @@ def conjugate_log_evidence(x, noise_var):
     Chapter "Background", Eq. (eq-conjugate-evidence).
     """
     _, (x, noise_var) = _prepare(
-        {"x": x, "noise_var": noise_var}, {"noise_var"})
+        {"x": x, "noise_var": noise_var}, {"noise_var"}
+    )
     return normal_log_pdf(x, 0.0, 1.0 + noise_var)
 
 
@@ -117,7 +129,8 @@ def conjugate_posterior(x, noise_var):
     on ``x`` and has the shape of ``noise_var``.
     """
     _, (x, noise_var) = _prepare(
-        {"x": x, "noise_var": noise_var}, {"noise_var"})
+        {"x": x, "noise_var": noise_var}, {"noise_var"}
+    )
     return x / (1.0 + noise_var), noise_var / (1.0 + noise_var)
 
 
@@ -130,10 +143,12 @@ def conjugate_elbo(x, noise_var, q_mean, q_var):
     """
     ops, (x, noise_var, q_mean, q_var) = _prepare(
         {"x": x, "noise_var": noise_var, "q_mean": q_mean, "q_var": q_var},
-        {"noise_var", "q_var"})
+        {"noise_var", "q_var"},
+    )
     squared_error = (x - q_mean) ** 2 + q_var  # E_q[(x - z)^2]
     expected_log_likelihood = -0.5 * (
-        _LOG_2PI + ops.log(noise_var) + squared_error / noise_var)
+        _LOG_2PI + ops.log(noise_var) + squared_error / noise_var
+    )
     expected_log_prior = -0.5 * (_LOG_2PI + q_mean**2 + q_var)
     entropy = 0.5 * (_LOG_2PI + 1.0 + ops.log(q_var))
     return expected_log_likelihood + expected_log_prior + entropy

@@ -24,10 +24,19 @@ class NoisePredictor:
     ``labels`` int32 (B,) or None. See the module docstring for ``owner``, ``key`` and ``args``.
     """
 
-    def __init__(self, fn, *, owner, key=(), args=(), conditional: bool = False, **info):
-        self.fn, self.owner, self.key, self.args = fn, owner, tuple(key), tuple(args)
+    def __init__(
+        self, fn, *, owner, key=(), args=(), conditional: bool = False, **info
+    ):
+        self.fn, self.owner, self.key, self.args = (
+            fn,
+            owner,
+            tuple(key),
+            tuple(args),
+        )
         self.conditional = bool(conditional)
-        self.__dict__.update(info)  # e.g. model, guidance_scale, limit: for the reader
+        self.__dict__.update(
+            info
+        )  # e.g. model, guidance_scale, limit: for the reader
 
     def __call__(self, x, t, labels=None):
         return self.fn(x, t, labels, *self.args)
@@ -58,7 +67,9 @@ def _call_model(model, conditional: bool):
                 )
             return model([x, t, labels], training=False)
         if labels is not None:
-            raise ValueError("This model is unconditional (it takes [x, t]): do not pass labels.")
+            raise ValueError(
+                "This model is unconditional (it takes [x, t]): do not pass labels."
+            )
         return model([x, t], training=False)
 
     return predict_noise
@@ -69,8 +80,12 @@ def _takes_labels(fn) -> bool:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
         return False
-    kinds = [p.kind for p in parameters
-             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    kinds = [
+        p.kind
+        for p in parameters
+        if p.kind
+        in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     return len(kinds) >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds
 
 
@@ -88,25 +103,37 @@ def as_noise_predictor(model_or_fn) -> NoisePredictor:
         return model_or_fn
     if _is_keras_model(model_or_fn):
         conditional = _model_takes_labels(model_or_fn)
-        return NoisePredictor(_call_model(model_or_fn, conditional), owner=model_or_fn,
-                              conditional=conditional, model=model_or_fn)
+        return NoisePredictor(
+            _call_model(model_or_fn, conditional),
+            owner=model_or_fn,
+            conditional=conditional,
+            model=model_or_fn,
+        )
     if not callable(model_or_fn):
-        raise ValueError(f"Expected a Keras model or a function predict_noise(x, t), got "
-                         f"{type(model_or_fn).__name__}.")
+        raise ValueError(
+            f"Expected a Keras model or a function predict_noise(x, t), got "
+            f"{type(model_or_fn).__name__}."
+        )
     fn = model_or_fn
     if _takes_labels(fn):
-        return NoisePredictor(lambda x, t, labels: fn(x, t, labels), owner=fn, conditional=True)
+        return NoisePredictor(
+            lambda x, t, labels: fn(x, t, labels), owner=fn, conditional=True
+        )
 
     def without_labels(x, t, labels):
         if labels is not None:
-            raise ValueError("This noise predictor takes (x, t) only: do not pass labels, or give it a "
-                             "third argument for them.")
+            raise ValueError(
+                "This noise predictor takes (x, t) only: do not pass labels, or give it a "
+                "third argument for them."
+            )
         return fn(x, t)
 
     return NoisePredictor(without_labels, owner=fn)
 
 
-def classifier_free_guidance(model, guidance_scale: float, null_label: int) -> NoisePredictor:
+def classifier_free_guidance(
+    model, guidance_scale: float, null_label: int
+) -> NoisePredictor:
     """A noise predictor with classifier-free guidance (Ho & Salimans 2022) for a conditional model.
 
     ``eps = eps(x, t, null) + w (eps(x, t, label) - eps(x, t, null))`` with ``w = guidance_scale``
@@ -118,22 +145,41 @@ def classifier_free_guidance(model, guidance_scale: float, null_label: int) -> N
     import tensorflow as tf
 
     if not _is_keras_model(model) or not _model_takes_labels(model):
-        raise ValueError("classifier_free_guidance needs a class-conditional Keras model "
-                         "(inputs [x, t, label]).")
+        raise ValueError(
+            "classifier_free_guidance needs a class-conditional Keras model "
+            "(inputs [x, t, label])."
+        )
     if not math.isfinite(float(guidance_scale)):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}.")
+        raise ValueError(
+            f"guidance_scale must be a finite number, got {guidance_scale!r}."
+        )
     null_label = int(null_label)
 
     def predict_noise(x, t, labels, w):  # w: the guidance scale, a tensor
         if labels is None:
-            raise ValueError("Guided sampling needs labels=... (int array of shape (n,)).")
+            raise ValueError(
+                "Guided sampling needs labels=... (int array of shape (n,))."
+            )
         labels = tf.cast(labels, tf.int32)
         null = tf.fill(tf.shape(labels), tf.constant(null_label, tf.int32))
-        eps = model([tf.concat([x, x], 0), tf.concat([t, t], 0), tf.concat([labels, null], 0)],
-                    training=False)
+        eps = model(
+            [
+                tf.concat([x, x], 0),
+                tf.concat([t, t], 0),
+                tf.concat([labels, null], 0),
+            ],
+            training=False,
+        )
         eps_cond, eps_uncond = tf.split(eps, 2, axis=0)
         return eps_uncond + w * (eps_cond - eps_uncond)  # Eq. (eq-cfg)
 
     scale = tf.constant(float(guidance_scale), tf.float32)
-    return NoisePredictor(predict_noise, owner=model, key=("guidance", null_label), args=(scale,),
-                          conditional=True, model=model, guidance_scale=float(guidance_scale))
+    return NoisePredictor(
+        predict_noise,
+        owner=model,
+        key=("guidance", null_label),
+        args=(scale,),
+        conditional=True,
+        model=model,
+        guidance_scale=float(guidance_scale),
+    )

@@ -44,8 +44,16 @@ from ddpm_helpers.toy_data import (  # noqa: F401 (re-exported)
 # The denoiser
 # --------------------------------------------------------------------------------------------
 
-def build_mlp_denoiser(hidden: int = 64, depth: int = 3, time_embedding_dim: int = 64, *, data_dim: int = 2,
-                       num_classes: int | None = None, name: str = "mlp_denoiser"):
+
+def build_mlp_denoiser(
+    hidden: int = 64,
+    depth: int = 3,
+    time_embedding_dim: int = 64,
+    *,
+    data_dim: int = 2,
+    num_classes: int | None = None,
+    name: str = "mlp_denoiser",
+):
     """A small MLP that predicts the noise of a point: ``model([x_t, t]) -> eps`` of shape (B, data_dim).
 
     The time index ``t`` (int32, (B,)) goes through the U-Net's sinusoidal time embedding
@@ -60,15 +68,32 @@ def build_mlp_denoiser(hidden: int = 64, depth: int = 3, time_embedding_dim: int
 
     from ddpm_helpers.unet import SinusoidalTimeEmbedding
 
-    for field, value in (("hidden", hidden), ("depth", depth), ("time_embedding_dim", time_embedding_dim),
-                         ("data_dim", data_dim)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{field} must be a positive integer, got {value!r}.")
+    for field, value in (
+        ("hidden", hidden),
+        ("depth", depth),
+        ("time_embedding_dim", time_embedding_dim),
+        ("data_dim", data_dim),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
+            raise ValueError(
+                f"{field} must be a positive integer, got {value!r}."
+            )
     if time_embedding_dim % 2:
-        raise ValueError(f"time_embedding_dim must be even (sines and cosines), got {time_embedding_dim}.")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}.")
+        raise ValueError(
+            f"time_embedding_dim must be even (sines and cosines), got {time_embedding_dim}."
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 1
+    ):
+        raise ValueError(
+            f"num_classes must be a positive integer or None, got {num_classes!r}."
+        )
 
     x_in = keras.Input(shape=(data_dim,), name="x_t")
     t_in = keras.Input(shape=(), dtype="int32", name="t")
@@ -79,21 +104,28 @@ def build_mlp_denoiser(hidden: int = 64, depth: int = 3, time_embedding_dim: int
     if num_classes:
         label_in = keras.Input(shape=(), dtype="int32", name="label")
         inputs.append(label_in)
-        label_embedding = layers.Embedding(int(num_classes) + 1, hidden, name="label_embedding")(label_in)
+        label_embedding = layers.Embedding(
+            int(num_classes) + 1, hidden, name="label_embedding"
+        )(label_in)
         embedding = layers.Add()([embedding, label_embedding])
     h = layers.Dense(hidden)(x_in)
     for _ in range(depth):
         r = layers.Add()([h, layers.Dense(hidden)(embedding)])
-        r = layers.Dense(hidden, activation="silu")(layers.Activation("silu")(r))
+        r = layers.Dense(hidden, activation="silu")(
+            layers.Activation("silu")(r)
+        )
         r = layers.Dense(hidden)(r)
         h = layers.Add()([h, r])
     h = layers.Activation("silu")(layers.LayerNormalization()(h))
-    return keras.Model(inputs, layers.Dense(data_dim, name="eps")(h), name=name)
+    return keras.Model(
+        inputs, layers.Dense(data_dim, name="eps")(h), name=name
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Sizes and training
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ToySettings:
@@ -109,7 +141,9 @@ class ToySettings:
     time_embedding_dim: int
     ema_decay: float
     num_samples: int
-    exercise_steps: int  # training steps of each exercise variant in "Your turn"
+    exercise_steps: (
+        int  # training steps of each exercise variant in "Your turn"
+    )
     exercise_samples: int
     frames: int  # snapshots of the reverse process kept for the trajectories and the animation
     seed: int = 0
@@ -119,12 +153,36 @@ class ToySettings:
 
 
 TOY_SETTINGS = {
-    "smoke": ToySettings(dataset="two_moons", train_points=2_000, train_steps=60, batch_size=128,
-                         learning_rate=3e-3, hidden=32, depth=1, time_embedding_dim=16, ema_decay=0.9,
-                         num_samples=200, exercise_steps=30, exercise_samples=200, frames=11),
-    "default": ToySettings(dataset="two_moons", train_points=20_000, train_steps=3_000, batch_size=512,
-                           learning_rate=1e-2, hidden=64, depth=3, time_embedding_dim=64, ema_decay=0.995,
-                           num_samples=2_000, exercise_steps=700, exercise_samples=2_000, frames=61),
+    "smoke": ToySettings(
+        dataset="two_moons",
+        train_points=2_000,
+        train_steps=60,
+        batch_size=128,
+        learning_rate=3e-3,
+        hidden=32,
+        depth=1,
+        time_embedding_dim=16,
+        ema_decay=0.9,
+        num_samples=200,
+        exercise_steps=30,
+        exercise_samples=200,
+        frames=11,
+    ),
+    "default": ToySettings(
+        dataset="two_moons",
+        train_points=20_000,
+        train_steps=3_000,
+        batch_size=512,
+        learning_rate=1e-2,
+        hidden=64,
+        depth=3,
+        time_embedding_dim=64,
+        ema_decay=0.995,
+        num_samples=2_000,
+        exercise_steps=700,
+        exercise_samples=2_000,
+        frames=61,
+    ),
 }
 
 
@@ -156,10 +214,25 @@ class ToyRun:
         return f"ToyRun({self.steps} steps in {self.seconds:.1f} s, final running loss {self.history['running_loss'][-1]:.4f})"
 
 
-def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rate: float = 3e-3,
-              loss: str = "mse", ema_decay: float = 0.995, seed: int = 0, build_model=None,
-              lr_schedule: str = "cosine", make_ema=None, progress: bool = True, loss_fn=None,
-              labels=None, num_classes: int | None = None, label_dropout: float = 0.0) -> ToyRun:
+def train_toy(
+    data,
+    schedule,
+    *,
+    steps: int,
+    batch_size: int = 256,
+    learning_rate: float = 3e-3,
+    loss: str = "mse",
+    ema_decay: float = 0.995,
+    seed: int = 0,
+    build_model=None,
+    lr_schedule: str = "cosine",
+    make_ema=None,
+    progress: bool = True,
+    loss_fn=None,
+    labels=None,
+    num_classes: int | None = None,
+    label_dropout: float = 0.0,
+) -> ToyRun:
     """Train a 2-D denoiser on the points ``data`` (N, 2) with the book's training step.
 
     Each step draws a batch of points at random (seeded by ``seed``) and calls the step of
@@ -178,24 +251,44 @@ def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rat
 
     from ddpm_helpers.diffusion import diffusion_loss
     from ddpm_helpers.pages import ProgressBar
-    from ddpm_helpers.training import RUNNING_LOSS_DECAY, ExponentialMovingAverage, make_learning_rate, make_train_step
+    from ddpm_helpers.training import (
+        RUNNING_LOSS_DECAY,
+        ExponentialMovingAverage,
+        make_learning_rate,
+        make_train_step,
+    )
 
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2:
-        raise ValueError(f"data must be points of shape (N, D), got {data.shape}.")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(
+            f"data must be points of shape (N, D), got {data.shape}."
+        )
+    if (
+        isinstance(steps, bool)
+        or not isinstance(steps, (int, np.integer))
+        or steps < 1
+    ):
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int32)
         if labels.shape != (len(data),):
-            raise ValueError(f"labels must have shape ({len(data)},), got {labels.shape}.")
+            raise ValueError(
+                f"labels must have shape ({len(data)},), got {labels.shape}."
+            )
         if not num_classes:
-            raise ValueError("labels need num_classes (the number of classes; num_classes is the null label).")
+            raise ValueError(
+                "labels need num_classes (the number of classes; num_classes is the null label)."
+            )
     elif num_classes:
-        raise ValueError("A conditional model (num_classes) needs labels for the data.")
+        raise ValueError(
+            "A conditional model (num_classes) needs labels for the data."
+        )
     if build_model is None:
+
         def build_model():
-            return build_mlp_denoiser(data_dim=data.shape[1], num_classes=num_classes)
+            return build_mlp_denoiser(
+                data_dim=data.shape[1], num_classes=num_classes
+            )
 
     keras.utils.set_random_seed(seed)
     model, ema_model = build_model(), build_model()
@@ -204,29 +297,65 @@ def train_toy(data, schedule, *, steps: int, batch_size: int = 256, learning_rat
         ema.reset()
     else:
         ema = make_ema(model, ema_model)
-    optimizer = keras.optimizers.Adam(make_learning_rate(lr_schedule, learning_rate, steps))
+    optimizer = keras.optimizers.Adam(
+        make_learning_rate(lr_schedule, learning_rate, steps)
+    )
     loss_fn = loss_fn or diffusion_loss(loss)
-    train_step = make_train_step(model, optimizer, schedule, loss_fn, ema=ema, seed=seed,
-                                 num_classes=num_classes, label_dropout=label_dropout)
+    train_step = make_train_step(
+        model,
+        optimizer,
+        schedule,
+        loss_fn,
+        ema=ema,
+        seed=seed,
+        num_classes=num_classes,
+        label_dropout=label_dropout,
+    )
     rng = np.random.default_rng(seed)
-    bar = ProgressBar(steps, unit="step", enabled=progress, stateful_metrics=["loss"])
+    bar = ProgressBar(
+        steps, unit="step", enabled=progress, stateful_metrics=["loss"]
+    )
     history = {"step": [], "loss": [], "running_loss": []}
     running = None
     no_labels = tf.zeros([batch_size], tf.int32)
     began = time.perf_counter()
     for step in range(steps):
         index = rng.integers(0, len(data), batch_size)
-        batch_labels = no_labels if labels is None else tf.constant(labels[index])
-        value = float(train_step(tf.constant(data[index]), batch_labels, tf.constant(step, tf.int64)))
+        batch_labels = (
+            no_labels if labels is None else tf.constant(labels[index])
+        )
+        value = float(
+            train_step(
+                tf.constant(data[index]),
+                batch_labels,
+                tf.constant(step, tf.int64),
+            )
+        )
         if not math.isfinite(value):
-            raise FloatingPointError(f"The loss became {value} at step {step + 1}: lower the learning rate.")
-        running = value if running is None else RUNNING_LOSS_DECAY * running + (1 - RUNNING_LOSS_DECAY) * value
+            raise FloatingPointError(
+                f"The loss became {value} at step {step + 1}: "
+                "lower the learning rate."
+            )
+        running = (
+            value
+            if running is None
+            else RUNNING_LOSS_DECAY * running
+            + (1 - RUNNING_LOSS_DECAY) * value
+        )
         history["step"].append(step + 1)
         history["loss"].append(value)
         history["running_loss"].append(running)
         bar.update(step + 1, [("loss", running)], finalize=step + 1 == steps)
-    return ToyRun(model=model, ema_model=ema_model, schedule=schedule, history=history,
-                  seconds=time.perf_counter() - began, steps=int(steps), data=data, ema=ema)
+    return ToyRun(
+        model=model,
+        ema_model=ema_model,
+        schedule=schedule,
+        history=history,
+        seconds=time.perf_counter() - began,
+        steps=int(steps),
+        data=data,
+        ema=ema,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,31 +376,56 @@ def clipped_noise_predictor(model_or_fn, schedule, limit: float = X0_LIMIT):
     """
     import tensorflow as tf
 
-    from ddpm_helpers.diffusion import predict_noise_from_x0, predict_x0_from_noise
+    from ddpm_helpers.diffusion import (
+        predict_noise_from_x0,
+        predict_x0_from_noise,
+    )
     from ddpm_helpers.predictors import NoisePredictor, as_noise_predictor
 
     if not limit > 0:
-        raise ValueError(f"limit must be positive (the half-width of the box for x_0), got {limit!r}.")
+        raise ValueError(
+            f"limit must be positive (the half-width of the box for x_0), got {limit!r}."
+        )
     predict = as_noise_predictor(model_or_fn)
     limit = float(limit)
 
-    def predict_noise(x, t, labels, *args):  # args: tensor inputs of `predict` (NoisePredictor)
+    def predict_noise(
+        x, t, labels, *args
+    ):  # args: tensor inputs of `predict` (NoisePredictor)
         eps = predict.fn(x, t, labels, *args)
-        x0 = tf.clip_by_value(predict_x0_from_noise(schedule, x, t, eps), -limit, limit)
+        x0 = tf.clip_by_value(
+            predict_x0_from_noise(schedule, x, t, eps), -limit, limit
+        )
         return predict_noise_from_x0(schedule, x, t, x0)
 
     # Compiled loops are shared with every clipped predictor of the same model, schedule and box.
-    return NoisePredictor(predict_noise, owner=predict.owner, args=predict.args,
-                          key=predict.key + ("clip", schedule, limit),
-                          conditional=predict.conditional, limit=limit)
+    return NoisePredictor(
+        predict_noise,
+        owner=predict.owner,
+        args=predict.args,
+        key=predict.key + ("clip", schedule, limit),
+        conditional=predict.conditional,
+        limit=limit,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Animation of the reverse process
 # --------------------------------------------------------------------------------------------
 
-def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size: float = 3.2, limit: float = 3.0,
-                    interval: int = 100, hold: int = 10, title: str = "t = {t}"):
+
+def cloud_animation(
+    snapshots,
+    times=None,
+    *,
+    data=None,
+    count: int = 500,
+    size: float = 3.2,
+    limit: float = 3.0,
+    interval: int = 100,
+    hold: int = 10,
+    title: str = "t = {t}",
+):
     """A ``matplotlib.animation.FuncAnimation`` of a point cloud through the reverse process.
 
     ``snapshots``: (K, N, 2), e.g. ``SampleResult.snapshots`` of a 2-D sampler called with
@@ -286,10 +440,14 @@ def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size:
 
     snapshots = np.asarray(snapshots)
     if snapshots.ndim != 3 or snapshots.shape[-1] != 2:
-        raise ValueError(f"snapshots must have shape (K, N, 2), got {snapshots.shape}; sample with snapshots=K.")
+        raise ValueError(
+            f"snapshots must have shape (K, N, 2), got {snapshots.shape}; sample with snapshots=K."
+        )
     frames_total = snapshots.shape[0]
     if times is not None and len(times) != frames_total:
-        raise ValueError(f"Got {len(times)} times for {frames_total} snapshots.")
+        raise ValueError(
+            f"Got {len(times)} times for {frames_total} snapshots."
+        )
     cloud = snapshots[:, :count]
     fig, ax = plt.subplots(figsize=(size, size))
     if data is not None:
@@ -300,7 +458,9 @@ def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size:
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    heading = ax.set_title(title.format(t=times[0]) if times is not None else "", fontsize="small")
+    heading = ax.set_title(
+        title.format(t=times[0]) if times is not None else "", fontsize="small"
+    )
     fig.tight_layout()  # after the title is set, so that the layout leaves room for it
 
     def draw(frame):
@@ -310,5 +470,7 @@ def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size:
             heading.set_text(title.format(t=times[k]))
         return points, heading
 
-    anim = animation.FuncAnimation(fig, draw, frames=frames_total + hold, interval=interval, blit=False)
+    anim = animation.FuncAnimation(
+        fig, draw, frames=frames_total + hold, interval=interval, blit=False
+    )
     return anim, fig

@@ -44,6 +44,7 @@ PACKAGE = "ddpm_helpers"
 # Time embedding
 # --------------------------------------------------------------------------------------------
 
+
 def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0):
     """The ``dim // 2`` angular frequencies ``omega_i = max_period ** (-i / (dim/2 - 1))`` (NumPy, float64).
 
@@ -81,28 +82,38 @@ class SinusoidalTimeEmbedding(layers.Layer):
         super().__init__(**kwargs)
         _check_time_embedding_dim(dim)
         if not max_period > 1:
-            raise ValueError(f"max_period={max_period!r} must be > 1 (the slowest period, in steps).")
+            raise ValueError(
+                f"max_period={max_period!r} must be > 1 (the slowest period, in steps)."
+            )
         self.dim = int(dim)
         self.max_period = float(max_period)
 
     def call(self, t):
         half = self.dim // 2
         omega = ops.exp(
-            ops.arange(half, dtype="float32") * (-math.log(self.max_period) / max(half - 1, 1))
+            ops.arange(half, dtype="float32")
+            * (-math.log(self.max_period) / max(half - 1, 1))
         )
-        angles = ops.reshape(ops.cast(t, "float32"), (-1, 1)) * ops.expand_dims(omega, 0)
+        angles = ops.reshape(
+            ops.cast(t, "float32"), (-1, 1)
+        ) * ops.expand_dims(omega, 0)
         return ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.dim)
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "max_period": self.max_period}
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "max_period": self.max_period,
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # Residual block
 # --------------------------------------------------------------------------------------------
+
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ResidualBlock(layers.Layer):
@@ -130,7 +141,10 @@ class ResidualBlock(layers.Layer):
 
     def build(self, x_shape, temb_shape):
         channels = x_shape[-1]
-        for what, count in (("input channels", channels), ("width", self.width)):
+        for what, count in (
+            ("input channels", channels),
+            ("width", self.width),
+        ):
             if count % self.groups:
                 raise ValueError(
                     f"ResidualBlock {self.name}: {what} = {count} is not divisible by groups = {self.groups}; "
@@ -156,12 +170,17 @@ class ResidualBlock(layers.Layer):
         return (*x_shape[:-1], self.width)
 
     def get_config(self):
-        return {**super().get_config(), "width": self.width, "groups": self.groups}
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "groups": self.groups,
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # Attention block
 # --------------------------------------------------------------------------------------------
+
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AttentionBlock(layers.Layer):
@@ -178,7 +197,9 @@ class AttentionBlock(layers.Layer):
         self.key_dim = int(key_dim)
         self.groups = int(groups)
         self.norm = layers.GroupNormalization(self.groups, name="norm")
-        self.attention = layers.MultiHeadAttention(self.num_heads, self.key_dim, name="attention")
+        self.attention = layers.MultiHeadAttention(
+            self.num_heads, self.key_dim, name="attention"
+        )
 
     def build(self, input_shape):
         height, width, channels = input_shape[1:]
@@ -200,13 +221,18 @@ class AttentionBlock(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "key_dim": self.key_dim,
-                "groups": self.groups}
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "groups": self.groups,
+        }
 
 
 # --------------------------------------------------------------------------------------------
 # The U-Net
 # --------------------------------------------------------------------------------------------
+
 
 def _positive_int(name: str, value) -> int:
     if not _is_int(value) or value < 1:
@@ -219,15 +245,28 @@ def level_resolutions(image_size: int, levels: int) -> list[int]:
     return [image_size // 2**i for i in range(levels)]
 
 
-def validate_unet_config(*, image_size, channels, widths, num_res_blocks, attention_resolutions,
-                         attention_in_bottleneck, num_heads, key_dim, groups, time_embedding_dim,
-                         num_classes=None) -> None:
+def validate_unet_config(
+    *,
+    image_size,
+    channels,
+    widths,
+    num_res_blocks,
+    attention_resolutions,
+    attention_in_bottleneck,
+    num_heads,
+    key_dim,
+    groups,
+    time_embedding_dim,
+    num_classes=None,
+) -> None:
     """Raise ``ValueError`` naming the offending setting when the U-Net cannot be built as asked."""
     _positive_int("image_size", image_size)
     _positive_int("channels", channels)
     widths = tuple(widths)
     if not widths:
-        raise ValueError("widths=() is empty: give one channel count per level, e.g. widths=(32, 64).")
+        raise ValueError(
+            "widths=() is empty: give one channel count per level, e.g. widths=(32, 64)."
+        )
     for i, w in enumerate(widths):
         _positive_int(f"widths[{i}]", w)
     _positive_int("num_res_blocks", num_res_blocks)
@@ -260,9 +299,21 @@ def validate_unet_config(*, image_size, channels, widths, num_res_blocks, attent
             )
 
 
-def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, attention_resolutions=(),
-               attention_in_bottleneck: bool = True, num_heads: int = 1, key_dim: int = 32, groups: int = 8,
-               time_embedding_dim: int = 128, num_classes: int | None = None, name: str = "unet") -> keras.Model:
+def build_unet(
+    *,
+    image_size: int,
+    channels: int,
+    widths,
+    num_res_blocks: int,
+    attention_resolutions=(),
+    attention_in_bottleneck: bool = True,
+    num_heads: int = 1,
+    key_dim: int = 32,
+    groups: int = 8,
+    time_embedding_dim: int = 128,
+    num_classes: int | None = None,
+    name: str = "unet",
+) -> keras.Model:
     """Build the noise-prediction U-Net (Keras functional model). Chapter "The U-Net".
 
     - ``widths``: channels of each level; level ``i`` works at ``image_size / 2**i``. The image
@@ -282,34 +333,54 @@ def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, a
     t and label int32 (B,). Output: the predicted noise, shaped like x. Bad settings raise
     ``ValueError`` naming the setting (see :func:`validate_unet_config`).
     """
-    validate_unet_config(image_size=image_size, channels=channels, widths=widths, num_res_blocks=num_res_blocks,
-                         attention_resolutions=attention_resolutions,
-                         attention_in_bottleneck=attention_in_bottleneck, num_heads=num_heads, key_dim=key_dim,
-                         groups=groups, time_embedding_dim=time_embedding_dim, num_classes=num_classes)
+    validate_unet_config(
+        image_size=image_size,
+        channels=channels,
+        widths=widths,
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=attention_resolutions,
+        attention_in_bottleneck=attention_in_bottleneck,
+        num_heads=num_heads,
+        key_dim=key_dim,
+        groups=groups,
+        time_embedding_dim=time_embedding_dim,
+        num_classes=num_classes,
+    )
     widths = tuple(int(w) for w in widths)
     attention_resolutions = tuple(int(r) for r in attention_resolutions)
     levels = len(widths)
 
-    x_in = keras.Input(shape=(image_size, image_size, channels), dtype="float32", name="x")
+    x_in = keras.Input(
+        shape=(image_size, image_size, channels), dtype="float32", name="x"
+    )
     t_in = keras.Input(shape=(), dtype="int32", name="t")
     inputs = [x_in, t_in]
 
     # Time (and label) embedding, shared by every residual block.
-    temb = SinusoidalTimeEmbedding(time_embedding_dim, name="time_embedding")(t_in)
-    temb = layers.Dense(time_embedding_dim, activation="gelu", name="time_mlp_1")(temb)
+    temb = SinusoidalTimeEmbedding(time_embedding_dim, name="time_embedding")(
+        t_in
+    )
+    temb = layers.Dense(
+        time_embedding_dim, activation="gelu", name="time_mlp_1"
+    )(temb)
     temb = layers.Dense(time_embedding_dim, name="time_mlp_2")(temb)
     if num_classes is not None:
         label_in = keras.Input(shape=(), dtype="int32", name="label")
         inputs.append(label_in)
-        label_emb = layers.Embedding(num_classes + 1, time_embedding_dim, name="label_embedding")(label_in)
+        label_emb = layers.Embedding(
+            num_classes + 1, time_embedding_dim, name="label_embedding"
+        )(label_in)
         temb = layers.Add(name="time_plus_label")([temb, label_emb])
 
     def attention(h, tag):
-        return AttentionBlock(num_heads, key_dim, groups, name=f"{tag}_attention")(h)
+        return AttentionBlock(
+            num_heads, key_dim, groups, name=f"{tag}_attention"
+        )(h)
 
     h = layers.Conv2D(widths[0], 3, padding="same", name="stem")(x_in)
 
-    # Down path: residual blocks (and attention) per level, a skip per level, halve between levels.
+    # Down path: residual blocks (and attention) per level, a skip per
+    # level, halve the resolution between levels.
     skips = []
     for i, w in enumerate(widths):
         size = image_size // 2**i
@@ -319,7 +390,9 @@ def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, a
                 h = attention(h, f"down{i}_res{j}")
         skips.append(h)
         if i < levels - 1:
-            h = layers.Conv2D(w, 3, strides=2, padding="same", name=f"down{i}_downsample")(h)
+            h = layers.Conv2D(
+                w, 3, strides=2, padding="same", name=f"down{i}_downsample"
+            )(h)
 
     # Bottleneck, at the smallest resolution.
     h = ResidualBlock(widths[-1], groups, name="mid_res0")(h, temb)
@@ -327,7 +400,8 @@ def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, a
         h = attention(h, "mid")
     h = ResidualBlock(widths[-1], groups, name="mid_res1")(h, temb)
 
-    # Up path: concatenate the skip of the same level, residual blocks (and attention), double.
+    # Up path: concatenate the skip of the same level, residual blocks
+    # (and attention), double the resolution.
     for i in reversed(range(levels)):
         size = image_size // 2**i
         h = layers.Concatenate(name=f"up{i}_concat")([h, skips[i]])
@@ -336,8 +410,12 @@ def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, a
             if size in attention_resolutions:
                 h = attention(h, f"up{i}_res{j}")
         if i > 0:
-            h = layers.UpSampling2D(2, interpolation="nearest", name=f"up{i}_upsample")(h)
-            h = layers.Conv2D(widths[i], 3, padding="same", name=f"up{i}_upsample_conv")(h)
+            h = layers.UpSampling2D(
+                2, interpolation="nearest", name=f"up{i}_upsample"
+            )(h)
+            h = layers.Conv2D(
+                widths[i], 3, padding="same", name=f"up{i}_upsample_conv"
+            )(h)
 
     # Output head: normalise, activate, project back to the image's channels.
     h = layers.GroupNormalization(groups, name="out_norm")(h)
@@ -346,8 +424,18 @@ def build_unet(*, image_size: int, channels: int, widths, num_res_blocks: int, a
     return keras.Model(inputs, out, name=name)
 
 
-UNET_PROFILE_FIELDS = ("image_size", "channels", "widths", "num_res_blocks", "attention_resolutions",
-                       "attention_in_bottleneck", "num_heads", "key_dim", "groups", "time_embedding_dim")
+UNET_PROFILE_FIELDS = (
+    "image_size",
+    "channels",
+    "widths",
+    "num_res_blocks",
+    "attention_resolutions",
+    "attention_in_bottleneck",
+    "num_heads",
+    "key_dim",
+    "groups",
+    "time_embedding_dim",
+)
 
 
 def unet_config(profile) -> dict:
@@ -355,9 +443,13 @@ def unet_config(profile) -> dict:
     return {field: getattr(profile, field) for field in UNET_PROFILE_FIELDS}
 
 
-def build_unet_for_profile(profile, num_classes: int | None = None) -> keras.Model:
+def build_unet_for_profile(
+    profile, num_classes: int | None = None
+) -> keras.Model:
     """:func:`build_unet` with the sizes of ``profile`` (a :class:`ddpm_helpers.profiles.Profile`)."""
-    return build_unet(**unet_config(profile), num_classes=num_classes, name="unet")
+    return build_unet(
+        **unet_config(profile), num_classes=num_classes, name="unet"
+    )
 
 
 from ddpm_helpers.unet_costs import (  # noqa: E402,F401 (re-exported)
