@@ -141,3 +141,60 @@ def test_latest_benchmark_record_and_unreadable_records(tmp_path):
         bench_results.latest("sampling", folder)
     busy = {"load_average": {"start": [3.1], "end": [1.0]}, "machine": {"cores": 2}}
     assert bench_results.was_busy(busy) and "busy" in bench_results.context_text(busy)
+
+
+def _shown_sources():
+    """(page, target, start, stop, object) of every ``show_source(...)`` call in the chapters,
+    the object resolved through the page's own imports from ``ddpm_helpers``."""
+    import ast
+    import importlib
+
+    import jupytext
+
+    found = []
+    for md in booktools.chapters(ROOT):
+        aliases = {}
+        calls = []
+        for cell in jupytext.read(md).cells:
+            if cell.cell_type != "code":
+                continue
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                        "ddpm_helpers"):
+                    for name in node.names:
+                        aliases[name.asname or name.name] = (node.module, name.name)
+                elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "show_source":
+                    calls.append(node)
+        for call in calls:
+            dotted = ast.unparse(call.args[0]).split(".")
+            module, attribute = aliases.get(dotted[0], (None, None))
+            if module is None:
+                continue
+            obj = importlib.import_module(module)
+            try:
+                obj = getattr(obj, attribute)
+            except AttributeError:
+                obj = importlib.import_module(f"{module}.{attribute}")
+            for part in dotted[1:]:
+                obj = getattr(obj, part)
+            kwargs = {k.arg: k.value.value for k in call.keywords
+                      if isinstance(k.value, ast.Constant)}
+            found.append((md.name, ".".join(dotted), kwargs.get("start"),
+                          kwargs.get("stop"), obj))
+    return found
+
+
+def test_code_shown_from_the_package_fits_the_page():
+    """Package code shown with show_source obeys the same 79 columns as the cells."""
+    shown = _shown_sources()
+    assert len(shown) >= 10, "show_source calls were not found in the chapters"
+    wide = []
+    for page, target, start, stop, obj in shown:
+        for line in pages.source_lines(obj, start=start, stop=stop).splitlines():
+            if len(line) > booktools.LINE_LENGTH:
+                wide.append(f"{page}: {target}: {line.strip()[:50]}")
+    assert not wide, "Wrap these package lines at 79 columns:\n" + "\n".join(wide)

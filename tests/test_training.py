@@ -260,7 +260,7 @@ def test_conditional_runs_are_stored_apart(tmp_path, tiny_digits):
 def test_run_names_keep_variants_apart():
     assert training.run_name(get_profile("default")) == "default"
     assert training.run_name(get_profile("default"), num_classes=10, label_dropout=0.1) == "default-cond10-drop0.1"
-    assert training.run_name(get_profile("default").replace(loss="mse")) == "default-loss=mse"
+    assert training.run_name(get_profile("default").replace(loss="huber")) == "default-loss=huber"
     assert training.run_name(get_profile("default"), steps=200) == "default-steps200"
 
 
