@@ -47,9 +47,9 @@ DEFAULT_STEPS = {"smoke": 2, "default": 2, "seed": 1}
 # --------------------------------------------------------------------------------------------
 
 def make_seed_step(model, betas, batch_size: int, base_lr: float):
-    """The seed chapter's training step, written plainly: returns ``step(x_batch) -> loss``.
+    """The original CelebA tutorial's training step, written plainly: ``step(x_batch) -> loss``.
 
-    Runs eagerly as it is; wrap it in ``tf.function`` for the seed's own (graph) version.
+    Runs eagerly as it is; wrap it in ``tf.function`` for the tutorial's own (graph) version.
     """
     import keras
     import numpy as np
