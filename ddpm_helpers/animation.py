@@ -73,7 +73,7 @@ def reverse_process_animation(
                     first, cmap="gray" if grey else None, vmin=0.0, vmax=1.0
                 )
             )
-    heading = fig.suptitle("", fontsize="small")
+    heading = fig.suptitle("", fontsize="large")
     fig.subplots_adjust(
         left=0.01,
         right=0.99,

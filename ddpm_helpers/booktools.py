@@ -17,6 +17,7 @@ column; ``check`` fails on any code-cell line longer than that.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -212,6 +213,26 @@ def long_lines(notebook) -> list[str]:
     return found
 
 
+CHECK_CALL = re.compile(r"^\s*check(\.claim)?\(", re.M)
+FOLDED_TAGS = {"hide-cell", "hide-output", "remove-output", "remove-cell"}
+
+
+def unfolded_checks(notebook) -> list[str]:
+    """Code cells that call ``check(...)``/``check.claim(...)`` but whose output a reader sees:
+    checks belong in folded cells (exercise solutions are folded dropdowns already)."""
+    found, in_solution = [], False
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "markdown":
+            for marker in re.findall(r"\{solution-(start|end)\}", cell.source):
+                in_solution = marker == "start"
+            continue
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if not in_solution and CHECK_CALL.search(cell.source) and not tags & FOLDED_TAGS:
+            first = cell.source.strip().splitlines()[0]
+            found.append(f"cell {index}: {first[:50]}")
+    return found
+
+
 def check(root: Path) -> list[str]:
     """Every way the pages have drifted from their pairs or from ``_config.yml``."""
     import jupytext
@@ -242,6 +263,9 @@ def check(root: Path) -> list[str]:
             problems.append(
                 f"{ipynb.relative_to(root)}: has stored outputs (commit it without)"
             )
+        for where in unfolded_checks(text):
+            problems.append(f"{name}: a check is shown unfolded ({where}); move it to a "
+                            "cell tagged hide-cell")
         for where in long_lines(text):
             problems.append(
                 f"{name}: code line over {LINE_LENGTH} characters ({where}); "

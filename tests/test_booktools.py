@@ -198,3 +198,14 @@ def test_code_shown_from_the_package_fits_the_page():
             if len(line) > booktools.LINE_LENGTH:
                 wide.append(f"{page}: {target}: {line.strip()[:50]}")
     assert not wide, "Wrap these package lines at 79 columns:\n" + "\n".join(wide)
+
+
+def test_a_check_in_an_unfolded_cell_fails_the_check(tmp_path):
+    book = tiny_book(tmp_path, "check = print\ncheck('eq', 'what', 0.0, 1.0)")
+    problems = booktools.check(book)
+    assert any("check is shown unfolded" in problem for problem in problems), problems
+    page = book / "book" / "index.md"
+    page.write_text(page.read_text().replace(
+        "```{code-cell} ipython3\ncheck = print", "```{code-cell} ipython3\n:tags: [hide-cell]\n\ncheck = print"))
+    booktools.sync(book)
+    assert booktools.check(book) == []
