@@ -10,175 +10,77 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_helpers", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
-        "train",
-        help="train a DDPM (ddpm_helpers.training)",
+        "train", help="train a DDPM (ddpm_helpers.training)",
         description="Train a DDPM and write checkpoints (tf.train.Checkpoint files ckpt-<step>.*) and config.json "
-        "to --out. Ctrl-C (or a crash) loses at most the steps since the last checkpoint: run the same "
-        "command with --resume to continue exactly where that checkpoint left off. --resume may change "
-        "--learning-rate, --steps, --seed and --no-xla (it prints what changed), not the model or data.",
+                    "to --out. Ctrl-C (or a crash) loses at most the steps since the last checkpoint: run the same "
+                    "command with --resume to continue exactly where that checkpoint left off. --resume may change "
+                    "--learning-rate, --steps, --seed and --no-xla (it prints what changed), not the model or data.",
         epilog="Examples: python -m ddpm_helpers train --profile default --data digits --out runs/digits ; "
-        "python -m ddpm_helpers train --profile seed --data folder:data/img_align_celeba --out runs/celeba "
-        "(CelebA: https://www.kaggle.com/datasets/jessicali9530/celeba-dataset, unzipped; a GPU is advised).",
+               "python -m ddpm_helpers train --profile seed --data folder:data/img_align_celeba --out runs/celeba "
+               "(CelebA: https://www.kaggle.com/datasets/jessicali9530/celeba-dataset, unzipped; a GPU is advised).",
     )
-    train.add_argument(
-        "--profile",
-        default=None,
-        help="smoke, default or seed (default: $DDPM_PROFILE, else 'default')",
-    )
-    train.add_argument(
-        "--data",
-        default=None,
-        help="digits (offline), mnist, fashion_mnist, cifar10 (need internet) or folder:PATH, a "
-        "folder of images such as CelebA's img_align_celeba (default: the profile's)",
-    )
-    train.add_argument(
-        "--out",
-        required=True,
-        help="run folder for checkpoints and config.json",
-    )
-    train.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="training steps (default: the profile's)",
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the last checkpoint in --out",
-    )
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start again even though --out already holds a run (it is moved aside to OUT.stale-N)",
-    )
-    train.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed of the weights, data order and noise "
-        "(default: the profile's; with --resume: of the data order and noise from there on)",
-    )
-    train.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="base learning rate of --lr-schedule (default: the profile's)",
-    )
-    train.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per step (default: the profile's)",
-    )
-    train.add_argument(
-        "--lr-schedule",
-        default="seed",
-        choices=["seed", "constant", "cosine", "warmup_cosine"],
-        help="learning rate over training, from --learning-rate (default: seed, "
-        "lr = base * 100000 / (step + 100000))",
-    )
-    train.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        help="steps between checkpoints (default: the profile's)",
-    )
-    train.add_argument(
-        "--keep-checkpoints",
-        type=int,
-        default=2,
-        help="newest checkpoints kept (default: 2)",
-    )
-    train.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="train a class-conditional model on the data's labels (e.g. 10 for digits)",
-    )
-    train.add_argument(
-        "--label-dropout",
-        type=float,
-        default=0.0,
-        help="with --num-classes: probability of replacing a label by the null label, for "
-        "classifier-free guidance (e.g. 0.1)",
-    )
+    train.add_argument("--profile", default=None,
+                       help="smoke, default or seed (default: $DDPM_PROFILE, else 'default')")
+    train.add_argument("--data", default=None,
+                       help="digits (offline), mnist, fashion_mnist, cifar10 (need internet) or folder:PATH, a "
+                            "folder of images such as CelebA's img_align_celeba (default: the profile's)")
+    train.add_argument("--out", required=True, help="run folder for checkpoints and config.json")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again even though --out already holds a run (it is moved aside to OUT.stale-N)")
+    train.add_argument("--seed", type=int, default=None, help="seed of the weights, data order and noise "
+                       "(default: the profile's; with --resume: of the data order and noise from there on)")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="base learning rate of --lr-schedule (default: the profile's)")
+    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the profile's)")
+    train.add_argument("--lr-schedule", default="seed", choices=["seed", "constant", "cosine", "warmup_cosine"],
+                       help="learning rate over training, from --learning-rate (default: seed, "
+                            "lr = base * 100000 / (step + 100000))")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="steps between checkpoints (default: the profile's)")
+    train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (default: 2)")
+    train.add_argument("--num-classes", type=int, default=None,
+                       help="train a class-conditional model on the data's labels (e.g. 10 for digits)")
+    train.add_argument("--label-dropout", type=float, default=0.0,
+                       help="with --num-classes: probability of replacing a label by the null label, for "
+                            "classifier-free guidance (e.g. 0.1)")
     xla = train.add_mutually_exclusive_group()
-    xla.add_argument(
-        "--no-xla",
-        dest="xla",
-        action="store_false",
-        default=None,
-        help="compile the training step without XLA (compiles faster, runs slower; by default XLA "
-        "is used for runs of 1000 steps or more, and a resumed run keeps its setting)",
-    )
-    xla.add_argument(
-        "--xla",
-        dest="xla",
-        action="store_true",
-        help="compile the training step with XLA",
-    )
-    train.add_argument(
-        "--strategy",
-        default="none",
-        choices=["none", "mirrored", "multiworker", "tpu"],
-        help="tf.distribute strategy: mirrored (all GPUs of this machine), multiworker (several "
-        "machines, TF_CONFIG), tpu (a Colab or Cloud TPU); --batch-size is the global batch",
-    )
-    train.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="compute in bfloat16 (CPU, TPU) or float16 with loss scaling (GPU); weights, loss "
-        "and EMA stay float32",
-    )
-    train.add_argument(
-        "--replicas",
-        type=int,
-        default=None,
-        help="with --strategy mirrored on a machine without GPUs: split the CPU into this many "
-        "logical devices (to try distribution on a laptop)",
-    )
+    xla.add_argument("--no-xla", dest="xla", action="store_false", default=None,
+                     help="compile the training step without XLA (compiles faster, runs slower; by default XLA "
+                          "is used for runs of 1000 steps or more, and a resumed run keeps its setting)")
+    xla.add_argument("--xla", dest="xla", action="store_true", help="compile the training step with XLA")
+    train.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker", "tpu"],
+                       help="tf.distribute strategy: mirrored (all GPUs of this machine), multiworker (several "
+                            "machines, TF_CONFIG), tpu (a Colab or Cloud TPU); --batch-size is the global batch")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="compute in bfloat16 (CPU, TPU) or float16 with loss scaling (GPU); weights, loss "
+                            "and EMA stay float32")
+    train.add_argument("--replicas", type=int, default=None,
+                       help="with --strategy mirrored on a machine without GPUs: split the CPU into this many "
+                            "logical devices (to try distribution on a laptop)")
 
     sample = commands.add_parser(
-        "sample",
-        help="draw samples from a trained run (ddpm_helpers.sampling)",
+        "sample", help="draw samples from a trained run (ddpm_helpers.sampling)",
         description="Sample images from a run folder written by 'train' and save them as .npz.",
     )
-    sample.add_argument(
-        "--run", required=True, help="run folder written by 'train'"
-    )
+    sample.add_argument("--run", required=True, help="run folder written by 'train'")
     sample.add_argument("--n", type=int, default=1000, help="number of images")
     sample.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    sample.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps (default: all T)"
-    )
-    sample.add_argument(
-        "--eta",
-        type=float,
-        default=0.0,
-        help="DDIM eta in [0, 1] (0: deterministic)",
-    )
+    sample.add_argument("--steps", type=int, default=None, help="DDIM steps (default: all T)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (0: deterministic)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument(
-        "--out",
-        required=True,
-        help=".npz file: images uint8 NxHxWxC (+ labels)",
-    )
+    sample.add_argument("--out", required=True, help=".npz file: images uint8 NxHxWxC (+ labels)")
 
     evaluate = commands.add_parser(
-        "evaluate",
-        help="score samples with the book's offline metric (ddpm_helpers.metrics)",
+        "evaluate", help="score samples with the book's offline metric (ddpm_helpers.metrics)",
         description="Print the Frechet distance of samples to real data, the real floor and the ratio.",
     )
-    evaluate.add_argument(
-        "--samples", required=True, help=".npz written by 'sample'"
-    )
+    evaluate.add_argument("--samples", required=True, help=".npz written by 'sample'")
     evaluate.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -207,47 +109,28 @@ def train_from_cli(args) -> int:
     try:
         from ddpm_helpers.distribute import make_strategy
 
-        strategy = make_strategy(
-            args.strategy, args.replicas
-        )  # before TensorFlow sets up its devices
+        strategy = make_strategy(args.strategy, args.replicas)  # before TensorFlow sets up its devices
         profile = get_profile(args.profile)
         if args.batch_size is not None:
             if args.batch_size < 1:
-                raise ValueError(
-                    f"--batch-size must be at least 1, got {args.batch_size}."
-                )
+                raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
             profile = profile.replace(batch_size=args.batch_size)
         run_dir = Path(args.out)
         if not args.resume and not args.overwrite and holds_a_run(run_dir):
-            raise ValueError(
-                f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
-                "again (the old run is moved aside, not deleted), or choose another --out."
-            )
-        run = train(
-            profile,
-            run_dir,
-            steps=args.steps,
-            resume=args.resume,
-            data=args.data,
-            seed=args.seed,
-            num_classes=args.num_classes,
-            label_dropout=args.label_dropout or 0.0,
-            lr_schedule=args.lr_schedule,
-            learning_rate=args.learning_rate,
-            checkpoint_every=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints,
-            jit_compile=args.xla,
-            strategy=strategy,
-            mixed_precision=args.mixed_precision,
-        )
+            raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
+                             "again (the old run is moved aside, not deleted), or choose another --out.")
+        run = train(profile, run_dir, steps=args.steps, resume=args.resume, data=args.data, seed=args.seed,
+                    num_classes=args.num_classes, label_dropout=args.label_dropout or 0.0,
+                    lr_schedule=args.lr_schedule, learning_rate=args.learning_rate,
+                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                    jit_compile=args.xla, strategy=strategy,
+                    mixed_precision=args.mixed_precision)
     except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(
-        f"Trained {run.step} steps in {run.train_seconds:.0f} s ({run.steps_per_second:.2f} steps/s) on "
-        f"{run.config['replicas']} replica(s), precision policy {run.config.get('precision', 'float32')}; "
-        f"checkpoints and config.json in {run.run_dir}."
-    )
+    print(f"Trained {run.step} steps in {run.train_seconds:.0f} s ({run.steps_per_second:.2f} steps/s) on "
+          f"{run.config['replicas']} replica(s), precision policy {run.config.get('precision', 'float32')}; "
+          f"checkpoints and config.json in {run.run_dir}.")
     return 0
 
 

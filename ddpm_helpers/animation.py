@@ -18,17 +18,8 @@ import numpy as np
 GENERATED_DIR = Path("_generated")
 
 
-def reverse_process_animation(
-    snapshots,
-    times=None,
-    *,
-    count: int = 16,
-    columns: int = 8,
-    size: float = 0.7,
-    interval: int = 100,
-    hold: int = 8,
-    title: str = "t = {t}",
-):
+def reverse_process_animation(snapshots, times=None, *, count: int = 16, columns: int = 8, size: float = 0.7,
+                              interval: int = 100, hold: int = 8, title: str = "t = {t}"):
     """A ``matplotlib.animation.FuncAnimation`` of the first ``count`` images through the snapshots.
 
     ``snapshots``: (K, N, H, W, C) in the model's range [-1, 1] (mapped to [0, 1] for display);
@@ -43,59 +34,36 @@ def reverse_process_animation(
 
     snapshots = np.asarray(snapshots)
     if snapshots.ndim != 5:
-        raise ValueError(
-            f"snapshots must have shape (K, N, H, W, C), got {snapshots.shape}; "
-            "sample with snapshots=K to get them."
-        )
+        raise ValueError(f"snapshots must have shape (K, N, H, W, C), got {snapshots.shape}; "
+                         "sample with snapshots=K to get them.")
     frames_total, n = snapshots.shape[:2]
     if times is not None and len(times) != frames_total:
-        raise ValueError(
-            f"Got {len(times)} times for {frames_total} snapshots."
-        )
+        raise ValueError(f"Got {len(times)} times for {frames_total} snapshots.")
     count = min(count, n)
     columns = min(columns, count)
     rows = int(np.ceil(count / columns))
     frames = to_display_range(snapshots[:, :count])
     grey = frames.shape[-1] == 1
-    fig, axes = plt.subplots(
-        rows,
-        columns,
-        figsize=(size * columns, size * rows + 0.35),
-        squeeze=False,
-    )
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows + 0.35), squeeze=False)
     images = []
     for index, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if index < count:
             first = frames[0, index, ..., 0] if grey else frames[0, index]
-            images.append(
-                ax.imshow(
-                    first, cmap="gray" if grey else None, vmin=0.0, vmax=1.0
-                )
-            )
+            images.append(ax.imshow(first, cmap="gray" if grey else None, vmin=0.0, vmax=1.0))
     heading = fig.suptitle("", fontsize="large")
-    fig.subplots_adjust(
-        left=0.01,
-        right=0.99,
-        bottom=0.01,
-        top=1 - 0.35 / (size * rows + 0.35),
-        wspace=0.05,
-        hspace=0.05,
-    )
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / (size * rows + 0.35), wspace=0.05,
+                        hspace=0.05)
 
     def draw(frame):
         k = min(frame, frames_total - 1)
         for index, image in enumerate(images):
-            image.set_data(
-                frames[k, index, ..., 0] if grey else frames[k, index]
-            )
+            image.set_data(frames[k, index, ..., 0] if grey else frames[k, index])
         if times is not None:
             heading.set_text(title.format(t=times[k]))
         return images + [heading]
 
-    anim = animation.FuncAnimation(
-        fig, draw, frames=frames_total + hold, interval=interval, blit=False
-    )
+    anim = animation.FuncAnimation(fig, draw, frames=frames_total + hold, interval=interval, blit=False)
     return anim, fig
 
 
@@ -118,12 +86,7 @@ def save_gif(snapshots, path, times=None, **kwargs) -> Path:
     return path
 
 
-def gif_html(
-    path,
-    *,
-    width: int | None = None,
-    alt: str = "The reverse process, from noise to images",
-):
+def gif_html(path, *, width: int | None = None, alt: str = "The reverse process, from noise to images"):
     """An ``IPython.display.HTML`` that shows the GIF inline (base64), so it is part of the built page."""
     from IPython.display import HTML
 

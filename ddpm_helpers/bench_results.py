@@ -13,13 +13,9 @@ import json
 import re
 from pathlib import Path
 
-RESULT_FILE = re.compile(
-    r"^(?P<name>[A-Za-z0-9_]+)-(?P<stamp>\d{8}-\d{6})\.json$"
-)
-NOT_MEASURED = (
-    "not measured yet (run `make bench` / `make bench-book` in a clone of "
-    "the repository)"
-)
+RESULT_FILE = re.compile(r"^(?P<name>[A-Za-z0-9_]+)-(?P<stamp>\d{8}-\d{6})\.json$")
+NOT_MEASURED = ("not measured yet (run `make bench` / `make bench-book` in a clone of "
+                "the repository)")
 
 
 def results_folder(start: Path | None = None) -> Path | None:
@@ -36,21 +32,16 @@ def latest(name: str, folder: Path | None = None) -> dict | None:
     folder = results_folder() if folder is None else Path(folder)
     if folder is None:
         return None
-    found = sorted(
-        (match["stamp"], path)
-        for path in folder.glob("*.json")
-        if (match := RESULT_FILE.match(path.name)) and match["name"] == name
-    )
+    found = sorted((match["stamp"], path) for path in folder.glob("*.json")
+                   if (match := RESULT_FILE.match(path.name)) and match["name"] == name)
     if not found:
         return None
     path = found[-1][1]
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(
-            f"{path} is not a readable benchmark record ({error}); "
-            "delete it or run the benchmark again."
-        ) from None
+        raise ValueError(f"{path} is not a readable benchmark record ({error}); "
+                         "delete it or run the benchmark again.") from None
     data["file"] = path.name
     return data
 
@@ -59,11 +50,9 @@ def machine_text(record: dict) -> str:
     """'CPU, N cores; Python x, TensorFlow y, Keras z' of a record."""
     machine = record.get("machine", {})
     keras = f", Keras {machine['keras']}" if "keras" in machine else ""
-    return (
-        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
-        f"Python {machine.get('python', '?')}, "
-        f"TensorFlow {machine.get('tensorflow', '?')}{keras}"
-    )
+    return (f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
+            f"Python {machine.get('python', '?')}, "
+            f"TensorFlow {machine.get('tensorflow', '?')}{keras}")
 
 
 def was_busy(record: dict) -> bool:
@@ -77,15 +66,9 @@ def was_busy(record: dict) -> bool:
 
 def context_text(record: dict) -> str:
     """One sentence: when, where and with which command a record was measured."""
-    busy = (
-        " The machine was busy, so absolute times are inflated."
-        if was_busy(record)
-        else ""
-    )
-    return (
-        f"Measured {record.get('date', '?')} on {machine_text(record)}, with "
-        f"`{record.get('command', '?')}`.{busy}"
-    )
+    busy = " The machine was busy, so absolute times are inflated." if was_busy(record) else ""
+    return (f"Measured {record.get('date', '?')} on {machine_text(record)}, with "
+            f"`{record.get('command', '?')}`.{busy}")
 
 
 # Peak throughput from the vendors' data sheets, in TFLOP/s (dense, no sparsity): float32 and
@@ -98,15 +81,9 @@ DEVICE_PEAKS = {
 }
 
 
-def training_estimate(
-    flops_per_image: float,
-    *,
-    batch_size: int,
-    steps: int,
-    peak_tflops: float,
-    efficiency=(0.25, 0.5),
-    passes: float = 3.0,
-) -> dict:
+def training_estimate(flops_per_image: float, *, batch_size: int, steps: int,
+                      peak_tflops: float, efficiency=(0.25, 0.5),
+                      passes: float = 3.0) -> dict:
     """Time of a training run on a device, estimated on paper (chapter "Scaling up").
 
     A training step on ``batch_size`` images costs about ``passes`` forward passes (the

@@ -25,15 +25,8 @@ from pathlib import Path
 
 PRETRAIN = "(train the shared model)"
 # Longest first (measured on the 2-core machine); pages not listed run after these.
-ORDER = (
-    "09_your_turn",
-    "06_training",
-    "07_sampling",
-    "04_diffusion_2d",
-    "08_evaluation",
-    "03b_ddpm_on_one_screen",
-    "index",
-)
+ORDER = ("09_your_turn", "06_training", "07_sampling", "04_diffusion_2d",
+         "08_evaluation", "03b_ddpm_on_one_screen", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:
@@ -47,11 +40,7 @@ def toc_pages(root: Path) -> list[Path]:
     for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
         files += [entry["file"] for entry in part.get("chapters", [])]
     notebooks = set(chapters(root))
-    return [
-        root / f"{name}.md"
-        for name in files
-        if root / f"{name}.md" in notebooks
-    ]
+    return [root / f"{name}.md" for name in files if root / f"{name}.md" in notebooks]
 
 
 def read_page(md: Path):
@@ -59,9 +48,7 @@ def read_page(md: Path):
     from myst_nb.core.read import read_myst_markdown_notebook
     from myst_parser.config.main import MdParserConfig
 
-    return read_myst_markdown_notebook(
-        md.read_text(), MdParserConfig(), path=md
-    )
+    return read_myst_markdown_notebook(md.read_text(), MdParserConfig(), path=md)
 
 
 def _pretrain() -> float:
@@ -74,9 +61,7 @@ def _pretrain() -> float:
     return time.perf_counter() - began
 
 
-def _execute(
-    md: str, cache_dir: str, timeout: int
-) -> tuple[str, float, str | None]:
+def _execute(md: str, cache_dir: str, timeout: int) -> tuple[str, float, str | None]:
     """Execute one page in its folder and store it in the cache; return (page, s, error)."""
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
@@ -86,32 +71,18 @@ def _execute(
         return md, _pretrain(), None
     path = Path(md)
     notebook = read_page(path)
-    result = single_nb_execution(
-        notebook,
-        cwd=str(path.parent),
-        timeout=timeout,
-        allow_errors=False,
-        meta_override=True,
-    )
+    result = single_nb_execution(notebook, cwd=str(path.parent), timeout=timeout,
+                                 allow_errors=False, meta_override=True)
     if result.err is not None:
         return md, result.time, result.exc_string or repr(result.err)
     get_cache(cache_dir).cache_notebook_bundle(
-        CacheBundleIn(
-            notebook, str(path), data={"execution_seconds": result.time}
-        ),
-        check_validity=False,
-        overwrite=True,
-    )
+        CacheBundleIn(notebook, str(path), data={"execution_seconds": result.time}),
+        check_validity=False, overwrite=True)
     return md, result.time, None
 
 
-def execute_book(
-    root: Path,
-    cache_dir: Path,
-    jobs: int = 2,
-    timeout: int = 1800,
-    pretrain: bool = True,
-) -> dict[str, float]:
+def execute_book(root: Path, cache_dir: Path, jobs: int = 2, timeout: int = 1800,
+                 pretrain: bool = True) -> dict[str, float]:
     """Execute every page of the book in ``jobs`` processes into ``cache_dir``.
 
     Raises ``RuntimeError`` naming each page that failed, with its traceback.
@@ -124,78 +95,43 @@ def execute_book(
     seconds, failures = {}, []
     began = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(_execute, task, str(cache_dir), timeout)
-            for task in tasks
-        ]
+        futures = [pool.submit(_execute, task, str(cache_dir), timeout) for task in tasks]
         for future in concurrent.futures.as_completed(futures):
             page, took, error = future.result()
-            name = (
-                page
-                if page == PRETRAIN
-                else Path(page).relative_to(root).as_posix()
-            )
+            name = page if page == PRETRAIN else Path(page).relative_to(root).as_posix()
             seconds[name] = round(took, 1)
             status = "failed" if error else "done"
-            print(
-                f"[{time.perf_counter() - began:5.0f} s] {status}: {name} ({took:.0f} s)",
-                flush=True,
-            )
+            print(f"[{time.perf_counter() - began:5.0f} s] {status}: {name} ({took:.0f} s)",
+                  flush=True)
             if error:
                 failures.append(f"{name}:\n{error}")
     if failures:
-        raise RuntimeError(
-            "These pages failed to execute:\n\n" + "\n\n".join(failures)
-        )
+        raise RuntimeError("These pages failed to execute:\n\n" + "\n\n".join(failures))
     return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_helpers.bookbuild",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--root", type=Path, default=Path.cwd(), help="the book's top folder"
-    )
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path("_build/.jupyter_cache"),
-        help="the jupyter-cache folder Jupyter Book reads",
-    )
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="pages executed at once (default: the number of cores)",
-    )
-    parser.add_argument(
-        "--timeout", type=int, default=1800, help="seconds per cell"
-    )
-    parser.add_argument(
-        "--no-pretrain",
-        action="store_true",
-        help="do not train the shared model before the chapters",
-    )
+    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.bookbuild",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")
+    parser.add_argument("--cache", type=Path, default=Path("_build/.jupyter_cache"),
+                        help="the jupyter-cache folder Jupyter Book reads")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="pages executed at once (default: the number of cores)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--no-pretrain", action="store_true",
+                        help="do not train the shared model before the chapters")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     try:
-        seconds = execute_book(
-            args.root.resolve(),
-            args.cache.resolve(),
-            args.jobs,
-            args.timeout,
-            pretrain=not args.no_pretrain,
-        )
+        seconds = execute_book(args.root.resolve(), args.cache.resolve(), args.jobs,
+                               args.timeout, pretrain=not args.no_pretrain)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 1
-    print(
-        f"executed {len(seconds)} tasks in {time.perf_counter() - began:.0f} s "
-        f"with {args.jobs} processes: {json.dumps(seconds)}"
-    )
+    print(f"executed {len(seconds)} tasks in {time.perf_counter() - began:.0f} s "
+          f"with {args.jobs} processes: {json.dumps(seconds)}")
     return 0
 
 

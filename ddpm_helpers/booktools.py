@@ -22,9 +22,7 @@ import sys
 from pathlib import Path
 
 COLAB_MARKER = "# Colab only: install the book's helper package"
-LINE_LENGTH = (
-    79  # the rendered page's code column shows about 76-80 characters
-)
+LINE_LENGTH = 79  # the rendered page's code column shows about 76-80 characters
 
 
 def repository(root: Path) -> tuple[str, str]:
@@ -34,9 +32,7 @@ def repository(root: Path) -> tuple[str, str]:
     config = yaml.safe_load((root / "_config.yml").read_text())
     repo = config.get("repository") or {}
     if not repo.get("url"):
-        raise ValueError(
-            f"{root / '_config.yml'} has no repository.url: add the public URL there."
-        )
+        raise ValueError(f"{root / '_config.yml'} has no repository.url: add the public URL there.")
     return repo["url"].rstrip("/"), repo.get("branch", "main")
 
 
@@ -99,11 +95,7 @@ def chapters(root: Path) -> list[Path]:
 def _signature(notebook) -> list[tuple[str, str, tuple]]:
     """What must agree between the two files: cell kinds, sources and tags."""
     return [
-        (
-            cell.cell_type,
-            cell.source.strip(),
-            tuple(cell.get("metadata", {}).get("tags", ())),
-        )
+        (cell.cell_type, cell.source.strip(), tuple(cell.get("metadata", {}).get("tags", ())))
         for cell in notebook.cells
     ]
 
@@ -118,13 +110,9 @@ def _stable_ids(notebook) -> None:
 
     seen: dict[str, int] = {}
     for cell in notebook.cells:
-        digest = hashlib.sha1(
-            f"{cell.cell_type}\n{cell.source}".encode()
-        ).hexdigest()[:10]
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:10]
         seen[digest] = seen.get(digest, 0) + 1
-        cell["id"] = (
-            digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
-        )
+        cell["id"] = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
 
 
 def sync(root: Path) -> list[Path]:
@@ -137,9 +125,7 @@ def sync(root: Path) -> list[Path]:
     written = []
     for md in chapters(root):
         notebook = jupytext.read(md)
-        cell = nbformat.v4.new_code_cell(
-            source, metadata={"tags": ["remove-cell"]}
-        )
+        cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["remove-cell"]})
         if notebook.cells and _colab_cell(notebook.cells[0]):
             notebook.cells[0] = cell
         else:
@@ -161,23 +147,11 @@ def format_cell(source: str) -> str:
     if not source.strip() or source.lstrip().startswith(("%", "!")):
         return source
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ruff",
-            "format",
-            f"--line-length={LINE_LENGTH}",
-            "--stdin-filename=cell.py",
-            "-",
-        ],
-        input=source,
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, "-m", "ruff", "format", f"--line-length={LINE_LENGTH}",
+         "--stdin-filename=cell.py", "-"],
+        input=source, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ValueError(
-            f"ruff could not format this cell:\n{source}\n{result.stderr}"
-        )
+        raise ValueError(f"ruff could not format this cell:\n{source}\n{result.stderr}")
     return result.stdout.rstrip("\n")
 
 
@@ -245,36 +219,22 @@ def check(root: Path) -> list[str]:
         ipynb = md.with_suffix(".ipynb")
         name = md.relative_to(root)
         text = jupytext.read(md)
-        if (
-            not text.cells
-            or not _colab_cell(text.cells[0])
-            or text.cells[0].source.strip() != expected
-        ):
-            problems.append(
-                f"{name}: first cell is not the Colab install cell for {url}@{branch}"
-            )
+        if not text.cells or not _colab_cell(text.cells[0]) or text.cells[0].source.strip() != expected:
+            problems.append(f"{name}: first cell is not the Colab install cell for {url}@{branch}")
         if not ipynb.exists():
             problems.append(f"{name}: no paired {ipynb.name}")
             continue
         paired = nbformat.read(ipynb, as_version=4)
-        if any(
-            c.get("outputs") for c in paired.cells if c.cell_type == "code"
-        ):
-            problems.append(
-                f"{ipynb.relative_to(root)}: has stored outputs (commit it without)"
-            )
+        if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
+            problems.append(f"{ipynb.relative_to(root)}: has stored outputs (commit it without)")
         for where in unfolded_checks(text):
             problems.append(f"{name}: a check is shown unfolded ({where}); move it to a "
                             "cell tagged hide-cell")
         for where in long_lines(text):
-            problems.append(
-                f"{name}: code line over {LINE_LENGTH} characters ({where}); "
-                "run `python -m ddpm_helpers.booktools format`, then shorten it"
-            )
+            problems.append(f"{name}: code line over {LINE_LENGTH} characters ({where}); "
+                            "run `python -m ddpm_helpers.booktools format`, then shorten it")
         if _signature(text) != _signature(paired):
-            problems.append(
-                f"{name} and {ipynb.name} differ: edit the .md, then run sync"
-            )
+            problems.append(f"{name} and {ipynb.name} differ: edit the .md, then run sync")
     for ipynb in sorted((root / "book").glob("*.ipynb")):
         if not ipynb.with_suffix(".md").exists():
             problems.append(f"{ipynb.relative_to(root)}: no paired .md")
@@ -290,21 +250,15 @@ def run_page(md: Path, out: Path | None = None, timeout: int = 1800) -> str:
     import nbformat
 
     notebook = jupytext.read(md)
-    nbclient.NotebookClient(
-        notebook,
-        timeout=timeout,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(md.parent)}},
-    ).execute()
+    nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(md.parent)}}).execute()
     if out is not None:
         nbformat.write(notebook, out)
     digest = []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
             continue
-        first = (
-            cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-        )
+        first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
         tags = cell.get("metadata", {}).get("tags", [])
         digest.append(f"--- cell {index} {tags or ''}: {first[:70]}")
         for output in cell.get("outputs", []):
@@ -314,36 +268,22 @@ def run_page(md: Path, out: Path | None = None, timeout: int = 1800) -> str:
                 data = output.get("data", {})
                 kinds = ", ".join(sorted(data))
                 text = data.get("text/plain", "")
-                digest.append(
-                    f"[{kinds}] {text[:300]}"
-                    if "image/png" not in data
-                    else f"[{kinds}]"
-                )
+                digest.append(f"[{kinds}] {text[:300]}" if "image/png" not in data
+                              else f"[{kinds}]")
     return "\n".join(digest)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ddpm_helpers.booktools",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.booktools", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["sync", "format", "check", "run"])
-    parser.add_argument(
-        "pages", nargs="*", type=Path, help="format/run: these pages only"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="run: also write the executed notebook here"
-    )
-    parser.add_argument(
-        "--root", type=Path, default=Path.cwd(), help="the book's top folder"
-    )
+    parser.add_argument("pages", nargs="*", type=Path, help="format/run: these pages only")
+    parser.add_argument("--out", type=Path, help="run: also write the executed notebook here")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")
     args = parser.parse_args(argv)
     if args.command == "sync":
         for md in sync(args.root):
-            print(
-                f"synced {md.relative_to(args.root)} -> {md.with_suffix('.ipynb').name}"
-            )
+            print(f"synced {md.relative_to(args.root)} -> {md.with_suffix('.ipynb').name}")
         return 0
     if args.command == "format":
         pages = [page.resolve() for page in args.pages] or None
@@ -358,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"DRIFT: {problem}", file=sys.stderr)
     if not problems:
-        print(
-            f"{len(chapters(args.root))} chapters in sync with their notebooks and _config.yml"
-        )
+        print(f"{len(chapters(args.root))} chapters in sync with their notebooks and _config.yml")
     return 1 if problems else 0
 
 

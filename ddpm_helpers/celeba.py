@@ -63,19 +63,13 @@ def crop_and_resize(image, image_size: int = 32, crop: str = "center"):
 
 def _is_face(name: str) -> bool:
     parts = Path(name).parts
-    return (
-        name.lower().endswith((".jpg", ".jpeg", ".png"))
-        and CELEBA_FOLDER in parts[:-1]
-        and "__MACOSX" not in parts
-        and not parts[-1].startswith(".")
-    )
+    return (name.lower().endswith((".jpg", ".jpeg", ".png")) and CELEBA_FOLDER in parts[:-1]
+            and "__MACOSX" not in parts and not parts[-1].startswith("."))
 
 
 def _layout_help() -> str:
-    return (
-        f"Expected the CelebA archive from {CELEBA_URL} (archive.zip) or the folder it "
-        f"unpacks to, with the faces under {CELEBA_FOLDER}/{CELEBA_FOLDER}/000001.jpg ..."
-    )
+    return (f"Expected the CelebA archive from {CELEBA_URL} (archive.zip) or the folder it "
+            f"unpacks to, with the faces under {CELEBA_FOLDER}/{CELEBA_FOLDER}/000001.jpg ...")
 
 
 def list_faces(archive_or_folder) -> list[str]:
@@ -88,40 +82,22 @@ def list_faces(archive_or_folder) -> list[str]:
     if not path.exists():
         raise ValueError(f"{str(path)!r} does not exist. " + _layout_help())
     if path.is_dir():
-        names = [
-            str(p)
-            for p in path.rglob("*")
-            if p.is_file() and _is_face(str(p.relative_to(path.parent)))
-        ]
+        names = [str(p) for p in path.rglob("*")
+                 if p.is_file() and _is_face(str(p.relative_to(path.parent)))]
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            names = [
-                n
-                for n in archive.namelist()
-                if not n.endswith("/") and _is_face(n)
-            ]
+            names = [n for n in archive.namelist() if not n.endswith("/") and _is_face(n)]
     else:
-        raise ValueError(
-            f"{str(path)!r} is neither a folder nor a zip archive. "
-            + _layout_help()
-        )
+        raise ValueError(f"{str(path)!r} is neither a folder nor a zip archive. " + _layout_help())
     if not names:
-        raise ValueError(
-            f"{str(path)!r} holds no images under a folder named "
-            f"{CELEBA_FOLDER!r}. " + _layout_help()
-        )
+        raise ValueError(f"{str(path)!r} holds no images under a folder named "
+                         f"{CELEBA_FOLDER!r}. " + _layout_help())
     return sorted(names, key=lambda n: Path(n).name)
 
 
-def prepare_celeba(
-    archive_or_folder,
-    out_folder,
-    image_size: int = 32,
-    *,
-    crop: str = "center",
-    limit: int | None = None,
-    progress_every: int = 0,
-) -> dict:
+def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
+                   crop: str = "center", limit: int | None = None,
+                   progress_every: int = 0) -> dict:
     """Write CelebA's faces as ``image_size`` x ``image_size`` PNGs into ``out_folder``.
 
     ``archive_or_folder`` is Kaggle's ``archive.zip`` (read in place: nothing is unpacked to
@@ -135,30 +111,21 @@ def prepare_celeba(
     from PIL import Image
 
     if crop not in CROPS:
-        raise ValueError(
-            f"Unknown crop {crop!r}: use one of {', '.join(CROPS)}."
-        )
+        raise ValueError(f"Unknown crop {crop!r}: use one of {', '.join(CROPS)}.")
     if int(image_size) < 1:
-        raise ValueError(
-            f"image_size must be a positive number of pixels, got {image_size}."
-        )
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
     names = list_faces(archive_or_folder)[:limit]
     out = Path(out_folder).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"image_size": int(image_size), "crop": crop}
     manifest = out / MANIFEST
     if manifest.exists():
-        earlier = {
-            k: json.loads(manifest.read_text()).get(k) for k in settings
-        }
+        earlier = {k: json.loads(manifest.read_text()).get(k) for k in settings}
         if earlier != settings:
             raise ValueError(
                 f"{str(out)!r} was prepared with {earlier}, not {settings}: choose another "
-                "output folder (or delete this one) to prepare it again."
-            )
-    manifest.write_text(
-        json.dumps({**settings, "source": str(archive_or_folder)}) + "\n"
-    )
+                "output folder (or delete this one) to prepare it again.")
+    manifest.write_text(json.dumps({**settings, "source": str(archive_or_folder)}) + "\n")
 
     path = Path(archive_or_folder).expanduser()
     archive = zipfile.ZipFile(path) if path.is_file() else None
@@ -170,42 +137,27 @@ def prepare_celeba(
                 skipped += 1
                 continue
             try:
-                with (
-                    archive.open(name) if archive else open(name, "rb")
-                ) as file:
+                with (archive.open(name) if archive else open(name, "rb")) as file:
                     with Image.open(file) as image:
                         small = crop_and_resize(image, image_size, crop)
-            except (
-                Exception
-            ) as error:  # Pillow raises several types for broken files
+            except Exception as error:  # Pillow raises several types for broken files
                 raise ValueError(
                     f"Cannot read {name!r} ({type(error).__name__}: {error}): the archive is "
-                    "damaged or incomplete; download it again."
-                ) from error
+                    "damaged or incomplete; download it again.") from error
             partial = target.with_suffix(".part")
             small.save(partial, format="PNG")
             partial.replace(target)  # a face is either whole or absent
             written += 1
             if progress_every and index % progress_every == 0:
-                print(
-                    f"prepared {index:,} of {len(names):,} faces", flush=True
-                )
+                print(f"prepared {index:,} of {len(names):,} faces", flush=True)
     finally:
         if archive is not None:
             archive.close()
-    return {
-        "written": written,
-        "skipped": skipped,
-        "total": len(names),
-        "seconds": time.perf_counter() - began,
-        **settings,
-        "folder": str(out),
-    }
+    return {"written": written, "skipped": skipped, "total": len(names),
+            "seconds": time.perf_counter() - began, **settings, "folder": str(out)}
 
 
-def make_fake_celeba(
-    path, count: int = 8, *, seed: int = 0, as_zip: bool = True
-) -> Path:
+def make_fake_celeba(path, count: int = 8, *, seed: int = 0, as_zip: bool = True) -> Path:
     """A tiny stand-in for Kaggle's CelebA archive: ``count`` random 178x218 JPEGs laid out
     as in ``archive.zip`` (plus one of its CSV files), as a zip at ``path`` or a folder.
 
@@ -223,18 +175,12 @@ def make_fake_celeba(
     files = {"list_eval_partition.csv": b"image_id,partition\n"}
     for i in range(1, count + 1):
         base = rng.uniform(0, 160, size=3)
-        pixels = base + 60 * (y / height)[..., None] * rng.uniform(
-            0.5, 1, size=3
-        )
+        pixels = base + 60 * (y / height)[..., None] * rng.uniform(0.5, 1, size=3)
         radius = rng.uniform(30, 60)
         pixels[(x - width / 2) ** 2 + (y - height / 2) ** 2 < radius**2] = 250
         buffer = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8)).save(
-            buffer, format="JPEG", quality=95
-        )
-        files[f"{CELEBA_FOLDER}/{CELEBA_FOLDER}/{i:06d}.jpg"] = (
-            buffer.getvalue()
-        )
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=95)
+        files[f"{CELEBA_FOLDER}/{CELEBA_FOLDER}/{i:06d}.jpg"] = buffer.getvalue()
         files["list_eval_partition.csv"] += f"{i:06d}.jpg,0\n".encode()
     path = Path(path)
     if as_zip:
@@ -253,44 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_helpers.celeba",
         description="Crop and resize CelebA's aligned faces into a folder of PNGs for "
-        "--data folder:OUT. " + _layout_help(),
-    )
-    parser.add_argument(
-        "source", help="Kaggle's archive.zip or the folder it unpacks to"
-    )
-    parser.add_argument(
-        "out", help="folder for the PNGs (created; re-running resumes)"
-    )
-    parser.add_argument(
-        "--size", type=int, default=32, help="side in pixels (default 32)"
-    )
-    parser.add_argument(
-        "--crop",
-        choices=CROPS,
-        default="center",
-        help="center: central square (default); squash: whole face, "
-        "as the original tutorial",
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="only the first N faces"
-    )
+                    "--data folder:OUT. " + _layout_help())
+    parser.add_argument("source", help="Kaggle's archive.zip or the folder it unpacks to")
+    parser.add_argument("out", help="folder for the PNGs (created; re-running resumes)")
+    parser.add_argument("--size", type=int, default=32, help="side in pixels (default 32)")
+    parser.add_argument("--crop", choices=CROPS, default="center",
+                        help="center: central square (default); squash: whole face, "
+                             "as the original tutorial")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N faces")
     args = parser.parse_args(argv)
     try:
-        summary = prepare_celeba(
-            args.source,
-            args.out,
-            args.size,
-            crop=args.crop,
-            limit=args.limit,
-            progress_every=10_000,
-        )
+        summary = prepare_celeba(args.source, args.out, args.size, crop=args.crop,
+                                 limit=args.limit, progress_every=10_000)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"{summary['written']:,} faces written, {summary['skipped']:,} already there, "
-        f"{summary['seconds']:.0f} s: train with --data folder:{summary['folder']}"
-    )
+    print(f"{summary['written']:,} faces written, {summary['skipped']:,} already there, "
+          f"{summary['seconds']:.0f} s: train with --data folder:{summary['folder']}")
     return 0
 
 

@@ -40,13 +40,11 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
         return []
     state = tf.train.get_checkpoint_state(str(run_dir))
     found = []
-    for path in state.all_model_checkpoint_paths if state else []:
+    for path in (state.all_model_checkpoint_paths if state else []):
         path = Path(path)
         path = path if path.is_absolute() else run_dir / path
         if Path(f"{path}.index").exists():
-            found.append(
-                (int(path.name.rsplit("-", 1)[1]), run_dir / path.name)
-            )
+            found.append((int(path.name.rsplit("-", 1)[1]), run_dir / path.name))
     return sorted(found)
 
 
@@ -61,9 +59,7 @@ def old_format_files(run_dir) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted(
-        p for p in run_dir.iterdir() if OLD_CHECKPOINT_PATTERN.match(p.name)
-    )
+    return sorted(p for p in run_dir.iterdir() if OLD_CHECKPOINT_PATTERN.match(p.name))
 
 
 class RunCheckpoint:
@@ -74,65 +70,29 @@ class RunCheckpoint:
     ``(step, history, meta)``.
     """
 
-    def __init__(
-        self,
-        run_dir,
-        model,
-        ema_model,
-        optimizer=None,
-        *,
-        seed: int = 0,
-        keep: int = 2,
-    ):
+    def __init__(self, run_dir, model, ema_model, optimizer=None, *, seed: int = 0, keep: int = 2):
         import tensorflow as tf
 
         self.run_dir = Path(run_dir)
         self.with_optimizer = optimizer is not None
-        self.step = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="step"
-        )
-        self.seed = tf.Variable(
-            int(seed), dtype=tf.int64, trainable=False, name="rng_seed"
-        )
-        self.history = tf.Variable(
-            np.zeros((0, len(HISTORY_KEYS))),
-            shape=tf.TensorShape([None, len(HISTORY_KEYS)]),
-            dtype=tf.float64,
-            trainable=False,
-            name="history",
-        )
-        self.meta = tf.Variable(
-            "{}", dtype=tf.string, trainable=False, name="meta"
-        )
-        tracked = dict(
-            model=model,
-            ema_model=ema_model,
-            step=self.step,
-            rng_seed=self.seed,
-            history=self.history,
-            meta=self.meta,
-        )
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.seed = tf.Variable(int(seed), dtype=tf.int64, trainable=False, name="rng_seed")
+        self.history = tf.Variable(np.zeros((0, len(HISTORY_KEYS))), shape=tf.TensorShape([None, len(HISTORY_KEYS)]),
+                                   dtype=tf.float64, trainable=False, name="history")
+        self.meta = tf.Variable("{}", dtype=tf.string, trainable=False, name="meta")
+        tracked = dict(model=model, ema_model=ema_model, step=self.step, rng_seed=self.seed, history=self.history,
+                       meta=self.meta)
         if optimizer is not None:
             tracked["optimizer"] = optimizer
         self.checkpoint = tf.train.Checkpoint(**tracked)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint,
-            str(self.run_dir),
-            max_to_keep=keep or None,
-            checkpoint_name=CHECKPOINT_NAME,
-        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir), max_to_keep=keep or None,
+                                                  checkpoint_name=CHECKPOINT_NAME)
 
     def save(self, step: int, history: dict, meta: dict) -> Path:
         """Write the checkpoint of ``step`` (and drop the ones beyond the newest ``keep``)."""
         self.step.assign(int(step))
-        columns = [
-            np.asarray(history[key], np.float64) for key in HISTORY_KEYS
-        ]
-        self.history.assign(
-            np.stack(columns, axis=1)
-            if len(columns[0])
-            else np.zeros((0, len(HISTORY_KEYS)))
-        )
+        columns = [np.asarray(history[key], np.float64) for key in HISTORY_KEYS]
+        self.history.assign(np.stack(columns, axis=1) if len(columns[0]) else np.zeros((0, len(HISTORY_KEYS))))
         self.meta.assign(json.dumps({**meta, "step": int(step)}))
         return Path(self.manager.save(checkpoint_number=int(step)))
 
@@ -143,20 +103,12 @@ class RunCheckpoint:
             if found is None:
                 raise FileNotFoundError(f"{self.run_dir} holds no checkpoint.")
             step = found[0]
-        status = self.checkpoint.restore(
-            str(checkpoint_path(self.run_dir, step))
-        )
+        status = self.checkpoint.restore(str(checkpoint_path(self.run_dir, step)))
         if self.with_optimizer:
             status.assert_existing_objects_matched()
         else:
             status.expect_partial()  # the optimizer's slots are not needed to sample
         rows = self.history.numpy()
-        history = {
-            key: rows[:, i].tolist() for i, key in enumerate(HISTORY_KEYS)
-        }
+        history = {key: rows[:, i].tolist() for i, key in enumerate(HISTORY_KEYS)}
         history["step"] = [int(s) for s in history["step"]]
-        return (
-            int(self.step.numpy()),
-            history,
-            json.loads(self.meta.numpy().decode()),
-        )
+        return int(self.step.numpy()), history, json.loads(self.meta.numpy().decode())

@@ -29,21 +29,13 @@ class CheckLog:
     def __init__(self):
         self.records: list[tuple[str, str, float, str, float]] = []
 
-    def __call__(
-        self,
-        equation: str,
-        what: str,
-        value,
-        bound: float,
-        at_least: bool = False,
-    ) -> None:
+    def __call__(self, equation: str, what: str, value, bound: float,
+                 at_least: bool = False) -> None:
         value, relation = float(value), (">=" if at_least else "<=")
         passed = math.isfinite(value) and (
-            value >= bound if at_least else value <= bound
-        )
+            value >= bound if at_least else value <= bound)
         assert passed, (
-            f"{equation}: {what}: {value:.3g} is not {relation} {bound:.3g}"
-        )
+            f"{equation}: {what}: {value:.3g} is not {relation} {bound:.3g}")
         self.records.append((equation, what, value, relation, bound))
         symbol = "\u2264" if relation == "<=" else "\u2265"
         print(f"\u2713 {equation}: {what}: {value:.2e} {symbol} {bound:.2e}")
@@ -55,8 +47,7 @@ class CheckLog:
         """
         assert bool(condition), (
             f"The text says: {what}; but the build measured: {detail or 'otherwise'}. "
-            "Re-read the sentence against this output."
-        )
+            "Re-read the sentence against this output.")
         self.records.append(("text", what, 1.0, "==", 1.0))
         print(f"\u2713 text: {what}" + (f" ({detail})" if detail else ""))
 
@@ -71,17 +62,8 @@ class CheckLog:
             if rel == "==":
                 rows.append((eq, what, "holds", ""))
             else:
-                rows.append(
-                    (
-                        eq,
-                        what,
-                        f"{value:.2e}",
-                        f"{symbol[rel]}\u00a0{bound:.2e}",
-                    )
-                )
-        return html_table(
-            ["equation", "what was compared", "measured", "holds if"], rows
-        )
+                rows.append((eq, what, f"{value:.2e}", f"{symbol[rel]}\u00a0{bound:.2e}"))
+        return html_table(["equation", "what was compared", "measured", "holds if"], rows)
 
 
 def standard_error(samples) -> float:

@@ -23,10 +23,7 @@ def compiled_loops(owner) -> dict:
         cache = {}
         try:  # object.__setattr__: Keras must not track (or save) the cache
             object.__setattr__(owner, LOOP_CACHE_ATTRIBUTE, cache)
-        except (
-            AttributeError,
-            TypeError,
-        ):  # e.g. a builtin: nothing to hang a cache on
+        except (AttributeError, TypeError):  # e.g. a builtin: nothing to hang a cache on
             pass
     return cache
 
@@ -35,25 +32,15 @@ def _compiled(predictor, key: tuple, make, jit_compile: bool):
     """``tf.function(make())``, made once per predictor owner and ``key``, cached on the owner."""
     import tensorflow as tf
 
-    key = (
-        key + (jit_compile,) + predictor.key
-    )  # schedules in keys hash by identity
+    key = key + (jit_compile,) + predictor.key  # schedules in keys hash by identity
     cache = compiled_loops(predictor.owner)
     if key not in cache:
-        cache[key] = tf.function(
-            make(), reduce_retracing=True, jit_compile=jit_compile
-        )
+        cache[key] = tf.function(make(), reduce_retracing=True, jit_compile=jit_compile)
     return cache[key]
 
 
-def ddpm_loop(
-    schedule,
-    predict_noise,
-    *,
-    clip_x0: bool = True,
-    variance: str = "beta_tilde",
-    jit_compile: bool = False,
-):
+def ddpm_loop(schedule, predict_noise, *, clip_x0: bool = True, variance: str = "beta_tilde",
+              jit_compile: bool = False):
     """The compiled DDPM loop ``run(x, start, stop, seed, stream, labels=None) -> x``.
 
     ``run`` applies :func:`~ddpm_helpers.samplers.ddpm_steps` at array positions
@@ -71,27 +58,12 @@ def ddpm_loop(
             def predict(x, t, labels):
                 return fn(x, t, labels, *extra)
 
-            return ddpm_steps(
-                schedule,
-                predict,
-                x,
-                start,
-                stop,
-                seed,
-                stream,
-                labels,
-                clip_x0=clip_x0,
-                variance=variance,
-            )
+            return ddpm_steps(schedule, predict, x, start, stop, seed, stream, labels,
+                              clip_x0=clip_x0, variance=variance)
 
         return ddpm_run
 
-    compiled = _compiled(
-        predictor,
-        ("ddpm", schedule, bool(clip_x0), variance),
-        make,
-        jit_compile,
-    )
+    compiled = _compiled(predictor, ("ddpm", schedule, bool(clip_x0), variance), make, jit_compile)
 
     def run(x, start, stop, seed, stream, labels=None):
         return compiled(x, start, stop, seed, stream, labels, predictor.args)
@@ -100,9 +72,7 @@ def ddpm_loop(
     return run
 
 
-def ddim_loop(
-    schedule, predict_noise, *, clip_x0: bool = True, jit_compile: bool = False
-):
+def ddim_loop(schedule, predict_noise, *, clip_x0: bool = True, jit_compile: bool = False):
     """The compiled DDIM loop ``run(x, taus, start, stop, eta, seed, stream, labels=None) -> x``.
 
     ``run`` applies :func:`~ddpm_helpers.samplers.ddim_steps` for k = start - 1, ..., stop;
@@ -113,36 +83,19 @@ def ddim_loop(
     fn = predictor.fn
 
     def make():
-        def ddim_run(
-            x, taus, start, stop, eta, seed, stream, labels=None, extra=()
-        ):
+        def ddim_run(x, taus, start, stop, eta, seed, stream, labels=None, extra=()):
             def predict(x, t, labels):
                 return fn(x, t, labels, *extra)
 
-            return ddim_steps(
-                schedule,
-                predict,
-                x,
-                taus,
-                start,
-                stop,
-                eta,
-                seed,
-                stream,
-                labels,
-                clip_x0=clip_x0,
-            )
+            return ddim_steps(schedule, predict, x, taus, start, stop, eta, seed, stream, labels,
+                              clip_x0=clip_x0)
 
         return ddim_run
 
-    compiled = _compiled(
-        predictor, ("ddim", schedule, bool(clip_x0)), make, jit_compile
-    )
+    compiled = _compiled(predictor, ("ddim", schedule, bool(clip_x0)), make, jit_compile)
 
     def run(x, taus, start, stop, eta, seed, stream, labels=None):
-        return compiled(
-            x, taus, start, stop, eta, seed, stream, labels, predictor.args
-        )
+        return compiled(x, taus, start, stop, eta, seed, stream, labels, predictor.args)
 
     run.compiled = compiled
     return run

@@ -42,24 +42,17 @@ DIGITS_MAX_VALUE = 16.0  # load_digits stores intensities as integers 0..16
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 # What keras.datasets caches under $KERAS_HOME/datasets (a file or a folder) for each.
-KERAS_CACHE_NAMES = {
-    "mnist": "mnist.npz",
-    "fashion_mnist": "fashion-mnist",
-    "cifar10": "cifar-10-batches-py",
-}
+KERAS_CACHE_NAMES = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist",
+                     "cifar10": "cifar-10-batches-py"}
 DATASET_NAMES = ("digits",) + KERAS_DATASETS + ("folder:PATH",)
 
 
 def to_model_range(images: np.ndarray, max_value: float) -> np.ndarray:
     """Map pixel values in [0, max_value] to [-1, 1] (the range the diffusion works in)."""
-    return (
-        2.0 * np.asarray(images, dtype=np.float32) / max_value - 1.0
-    ).astype(np.float32)
+    return (2.0 * np.asarray(images, dtype=np.float32) / max_value - 1.0).astype(np.float32)
 
 
-def load_digits(
-    split: str = "train", held_out_fraction: float = 0.2, seed: int = 0
-):
+def load_digits(split: str = "train", held_out_fraction: float = 0.2, seed: int = 0):
     """The 8x8 digits as ``(images, labels)``: images float32 (N, 8, 8, 1) in [-1, 1], labels int32.
 
     ``split`` is ``"train"``, ``"held_out"`` or ``"all"``. The split is stratified by label and
@@ -69,20 +62,14 @@ def load_digits(
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "held_out", "all"):
-        raise ValueError(
-            f"Unknown split {split!r}: use 'train', 'held_out' or 'all'."
-        )
+        raise ValueError(f"Unknown split {split!r}: use 'train', 'held_out' or 'all'.")
     bunch = sklearn_load_digits()
     images = to_model_range(bunch.images[..., None], DIGITS_MAX_VALUE)
     labels = bunch.target.astype(np.int32)
     if split == "all":
         return images, labels
     train_x, held_x, train_y, held_y = train_test_split(
-        images,
-        labels,
-        test_size=held_out_fraction,
-        random_state=seed,
-        stratify=labels,
+        images, labels, test_size=held_out_fraction, random_state=seed, stratify=labels
     )
     return (train_x, train_y) if split == "train" else (held_x, held_y)
 
@@ -112,9 +99,7 @@ class DataSource:
     fingerprint: str
     images: np.ndarray | None = None
     labels: np.ndarray | None = None
-    files: list | None = (
-        None  # image files of a folder source, in the order they are read
-    )
+    files: list | None = None  # image files of a folder source, in the order they are read
     elements: object = None
     load: object = None
     to_model_range: object = None
@@ -125,23 +110,15 @@ class DataSource:
             self.elements = self.dataset
 
     def __repr__(self) -> str:
-        classes = (
-            "unlabelled"
-            if self.num_classes is None
-            else f"{self.num_classes} classes"
-        )
-        return (
-            f"DataSource({self.name!r}: {self.count} images of shape {self.image_shape}, {classes}, "
-            f"flip={self.flip})"
-        )
+        classes = "unlabelled" if self.num_classes is None else f"{self.num_classes} classes"
+        return (f"DataSource({self.name!r}: {self.count} images of shape {self.image_shape}, {classes}, "
+                f"flip={self.flip})")
 
     def take(self, count: int) -> np.ndarray:
         """The first ``count`` images (fewer if the source is smaller) as a NumPy array, in file/array order."""
         if self.images is not None:
             return self.images[:count]
-        return np.stack(
-            [image.numpy() for image, _ in self.dataset.take(count)]
-        )
+        return np.stack([image.numpy() for image, _ in self.dataset.take(count)])
 
     def cached(self):
         """The stored pairs, decoded once and kept in memory (uint8 for a folder); made once per source.
@@ -153,9 +130,7 @@ class DataSource:
         if getattr(self, "_cached", None) is None:
             import tensorflow as tf
 
-            self._cached = self.elements.map(
-                self.load, num_parallel_calls=tf.data.AUTOTUNE
-            ).cache()
+            self._cached = self.elements.map(self.load, num_parallel_calls=tf.data.AUTOTUNE).cache()
         return self._cached
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -177,9 +152,7 @@ def _fingerprint(*parts) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fit_images(
-    images: np.ndarray, image_size: int | None, channels: int | None
-) -> np.ndarray:
+def _fit_images(images: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
     """Resize (bilinear, antialiased) and convert channels (grey <-> RGB) of images in [-1, 1]."""
     import tensorflow as tf
 
@@ -187,44 +160,23 @@ def _fit_images(
         if images.shape[-1] == 1 and channels == 3:
             images = np.repeat(images, 3, axis=-1)
         elif images.shape[-1] == 3 and channels == 1:
-            images = (
-                images @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            )[..., None]
+            images = (images @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
         else:
-            raise ValueError(
-                f"Cannot convert images with {images.shape[-1]} channels to {channels}."
-            )
-    if image_size is not None and images.shape[1:3] != (
-        image_size,
-        image_size,
-    ):
-        images = tf.image.resize(
-            images, (image_size, image_size), method="bilinear", antialias=True
-        ).numpy()
+            raise ValueError(f"Cannot convert images with {images.shape[-1]} channels to {channels}.")
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        images = tf.image.resize(images, (image_size, image_size), method="bilinear", antialias=True).numpy()
     return np.clip(images, -1.0, 1.0).astype(np.float32)
 
 
-def from_arrays(
-    images,
-    labels=None,
-    *,
-    name: str = "arrays",
-    flip: bool = False,
-    num_classes: int | None = None,
-) -> DataSource:
+def from_arrays(images, labels=None, *, name: str = "arrays", flip: bool = False,
+                num_classes: int | None = None) -> DataSource:
     """A :class:`DataSource` from images (N, H, W, C) already in [-1, 1] and optional integer labels."""
     import tensorflow as tf
 
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
-        raise ValueError(
-            f"images must have shape (N, H, W, C), got {images.shape}."
-        )
-    if (
-        not np.all(np.isfinite(images))
-        or images.min() < -1.0 - 1e-6
-        or images.max() > 1.0 + 1e-6
-    ):
+        raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}.")
+    if not np.all(np.isfinite(images)) or images.min() < -1.0 - 1e-6 or images.max() > 1.0 + 1e-6:
         raise ValueError(
             "images must be finite and lie in [-1, 1] (the model's range); "
             "map pixels with to_model_range(images, max_value) first."
@@ -234,22 +186,15 @@ def from_arrays(
     else:
         labels_array = np.asarray(labels, dtype=np.int32)
         if labels_array.shape != (len(images),):
-            raise ValueError(
-                f"labels must have shape ({len(images)},), got {labels_array.shape}."
-            )
+            raise ValueError(f"labels must have shape ({len(images)},), got {labels_array.shape}.")
         if num_classes is None:
             num_classes = int(labels_array.max()) + 1
     dataset = tf.data.Dataset.from_tensor_slices((images, labels_array))
     return DataSource(
-        name=name,
-        dataset=dataset,
-        count=len(images),
-        image_shape=tuple(images.shape[1:]),
-        num_classes=num_classes if labels is not None else None,
-        flip=flip,
+        name=name, dataset=dataset, count=len(images), image_shape=tuple(images.shape[1:]),
+        num_classes=num_classes if labels is not None else None, flip=flip,
         fingerprint=_fingerprint(images.tobytes(), labels_array.tobytes()),
-        images=images,
-        labels=None if labels is None else labels_array,
+        images=images, labels=None if labels is None else labels_array,
     )
 
 
@@ -262,9 +207,7 @@ def _keras_home() -> str:
     return keras_home()
 
 
-def load_keras_dataset(
-    name: str, image_size: int, channels: int, split: str = "train"
-) -> DataSource:
+def load_keras_dataset(name: str, image_size: int, channels: int, split: str = "train") -> DataSource:
     """MNIST, Fashion-MNIST or CIFAR-10 from ``keras.datasets`` (downloads on first use: needs internet).
 
     Resized to ``image_size`` and converted to ``channels``; ``split`` is ``"train"`` or
@@ -273,55 +216,29 @@ def load_keras_dataset(
     """
     import keras
 
-    loaders = {
-        "mnist": keras.datasets.mnist,
-        "fashion_mnist": keras.datasets.fashion_mnist,
-        "cifar10": keras.datasets.cifar10,
-    }
+    loaders = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+               "cifar10": keras.datasets.cifar10}
     if name not in loaders:
-        raise ValueError(
-            f"Unknown Keras data set {name!r}. Valid: {', '.join(KERAS_DATASETS)}."
-        )
+        raise ValueError(f"Unknown Keras data set {name!r}. Valid: {', '.join(KERAS_DATASETS)}.")
     if split not in ("train", "held_out"):
-        raise ValueError(
-            f"Unknown split {split!r}: use 'train' or 'held_out'."
-        )
+        raise ValueError(f"Unknown split {split!r}: use 'train' or 'held_out'.")
     try:
         (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
     except Exception as error:  # no internet, proxy, ...
-        cached = os.path.join(
-            _keras_home(), "datasets", KERAS_CACHE_NAMES[name]
-        )
-        reason = " ".join(
-            f"{type(error).__name__}: {error}".split()
-        )  # one line
+        cached = os.path.join(_keras_home(), "datasets", KERAS_CACHE_NAMES[name])
+        reason = " ".join(f"{type(error).__name__}: {error}".split())  # one line
         raise ValueError(
             f"Could not download {name!r} with keras.datasets ({reason}). It needs internet "
             f"once, then reads its cache {cached}: connect and retry, or copy that from a "
             "machine that has it; offline, use --data digits."
         ) from error
-    images, labels = (
-        (x_train, y_train) if split == "train" else (x_test, y_test)
-    )
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
     images = images[..., None] if images.ndim == 3 else images
     images = _fit_images(to_model_range(images, 255.0), image_size, channels)
-    return from_arrays(
-        images,
-        labels.reshape(-1),
-        name=name,
-        flip=(name == "cifar10"),
-        num_classes=10,
-    )
+    return from_arrays(images, labels.reshape(-1), name=name, flip=(name == "cifar10"), num_classes=10)
 
 
-def load_data(
-    spec,
-    image_size: int,
-    channels: int,
-    *,
-    split: str = "train",
-    seed: int = 0,
-) -> DataSource:
+def load_data(spec, image_size: int, channels: int, *, split: str = "train", seed: int = 0) -> DataSource:
     """The :class:`DataSource` named by ``spec``.
 
     ``spec`` is ``"digits"`` (offline, labels 0-9; ``split`` ``"train"``/``"held_out"``/``"all"``,
@@ -333,45 +250,23 @@ def load_data(
     if isinstance(spec, DataSource):
         return spec
     if isinstance(spec, tuple) and len(spec) == 2:
-        return from_arrays(
-            _fit_images(np.asarray(spec[0], np.float32), image_size, channels),
-            spec[1],
-        )
+        return from_arrays(_fit_images(np.asarray(spec[0], np.float32), image_size, channels), spec[1])
     if isinstance(spec, np.ndarray):
-        return from_arrays(
-            _fit_images(spec.astype(np.float32), image_size, channels)
-        )
+        return from_arrays(_fit_images(spec.astype(np.float32), image_size, channels))
     if not isinstance(spec, str):
-        raise ValueError(
-            f"Unknown data {type(spec).__name__}: use one of {', '.join(DATASET_NAMES)} or an array."
-        )
+        raise ValueError(f"Unknown data {type(spec).__name__}: use one of {', '.join(DATASET_NAMES)} or an array.")
     if spec == "digits":
         images, labels = load_digits(split, seed=seed)
-        source = from_arrays(
-            _fit_images(images, image_size, channels),
-            labels,
-            name="digits",
-            num_classes=10,
-        )
+        source = from_arrays(_fit_images(images, image_size, channels), labels, name="digits", num_classes=10)
         return source
     if spec in KERAS_DATASETS:
-        return load_keras_dataset(
-            spec,
-            image_size,
-            channels,
-            split="held_out" if split == "held_out" else "train",
-        )
+        return load_keras_dataset(spec, image_size, channels, split="held_out" if split == "held_out" else "train")
     if spec.startswith("folder:"):
-        folder = spec[len("folder:") :]
+        folder = spec[len("folder:"):]
         if not folder:
-            raise ValueError(
-                "folder: needs a path, e.g. --data folder:data/img_align_celeba. "
-                + _folder_help(Path("."))
-            )
+            raise ValueError("folder: needs a path, e.g. --data folder:data/img_align_celeba. " + _folder_help(Path(".")))
         return load_image_folder(folder, image_size, channels)
-    raise ValueError(
-        f"Unknown data set {spec!r}. Valid: {', '.join(DATASET_NAMES)}."
-    )
+    raise ValueError(f"Unknown data set {spec!r}. Valid: {', '.join(DATASET_NAMES)}.")
 
 
 def random_flip(images, seed):
@@ -450,14 +345,7 @@ def make_pipeline(
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def iterate_batches(
-    source: DataSource,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    start_step: int = 0,
-    **pipeline_kwargs,
-):
+def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0, **pipeline_kwargs):
     """Endless training batches from step ``start_step`` on: epoch after epoch of :func:`make_pipeline`.
 
     Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so starting at
@@ -471,19 +359,9 @@ def iterate_batches(
     epoch, skip = divmod(int(start_step), steps_per_epoch)
     chunk = max(1, min(50, 1000 // steps_per_epoch))
     while True:
-        dataset = make_pipeline(
-            source, batch_size, seed=seed, epoch=epoch, **pipeline_kwargs
-        )
+        dataset = make_pipeline(source, batch_size, seed=seed, epoch=epoch, **pipeline_kwargs)
         for later in range(epoch + 1, epoch + chunk):
-            dataset = dataset.concatenate(
-                make_pipeline(
-                    source,
-                    batch_size,
-                    seed=seed,
-                    epoch=later,
-                    **pipeline_kwargs,
-                )
-            )
+            dataset = dataset.concatenate(make_pipeline(source, batch_size, seed=seed, epoch=later, **pipeline_kwargs))
         yield from dataset.skip(skip).prefetch(tf.data.AUTOTUNE)
         epoch, skip = epoch + chunk, 0
 
@@ -498,6 +376,4 @@ def show_batch(images, labels=None, columns: int = 8, **kwargs):
         labels = np.asarray(labels)[: len(images)]
         if (labels >= 0).any():
             titles = [str(int(v)) for v in labels[:columns]]
-    return show_image_grid(
-        images, columns=columns, column_titles=titles, **kwargs
-    )
+    return show_image_grid(images, columns=columns, column_titles=titles, **kwargs)

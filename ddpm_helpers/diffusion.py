@@ -22,9 +22,7 @@ def _as_float(x):
 def _coef(schedule, name, t, x):
     rank = x.shape.rank
     if rank is None or rank < 1:
-        raise ValueError(
-            f"x must be a batch of shape (B, ...), got a tensor of rank {rank}."
-        )
+        raise ValueError(f"x must be a batch of shape (B, ...), got a tensor of rank {rank}.")
     return schedule.gather(name, t, ndim=rank)
 
 
@@ -62,9 +60,9 @@ def predict_x0_from_noise(schedule, x_t, t, noise):
     ``tests/test_diffusion.py``). Chapter "Forward and reverse process", Eq. (eq-x0-from-eps).
     """
     x_t, noise = _as_float(x_t), _as_float(noise)
-    return (
-        x_t - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * noise
-    ) / _coef(schedule, "sqrt_alpha_bars", t, x_t)
+    return (x_t - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * noise) / _coef(
+        schedule, "sqrt_alpha_bars", t, x_t
+    )
 
 
 def predict_noise_from_x0(schedule, x_t, t, x0):
@@ -84,28 +82,19 @@ def velocity(schedule, x0, t, noise):
     Chapter "Forward and reverse process", Eq. (eq-velocity) (exercise).
     """
     x0, noise = _as_float(x0), _as_float(noise)
-    return (
-        _coef(schedule, "sqrt_alpha_bars", t, x0) * noise
-        - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x0) * x0
-    )
+    return _coef(schedule, "sqrt_alpha_bars", t, x0) * noise - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x0) * x0
 
 
 def predict_x0_from_velocity(schedule, x_t, t, v):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v. Chapter "Forward and reverse process", Eq. (eq-velocity)."""
     x_t, v = _as_float(x_t), _as_float(v)
-    return (
-        _coef(schedule, "sqrt_alpha_bars", t, x_t) * x_t
-        - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * v
-    )
+    return _coef(schedule, "sqrt_alpha_bars", t, x_t) * x_t - _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * v
 
 
 def predict_noise_from_velocity(schedule, x_t, t, v):
     """noise = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v. Chapter "Forward and reverse process", Eq. (eq-velocity)."""
     x_t, v = _as_float(x_t), _as_float(v)
-    return (
-        _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * x_t
-        + _coef(schedule, "sqrt_alpha_bars", t, x_t) * v
-    )
+    return _coef(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * x_t + _coef(schedule, "sqrt_alpha_bars", t, x_t) * v
 
 
 def q_posterior(schedule, x0, x_t, t):
@@ -140,9 +129,7 @@ def diffusion_loss(name: str):
         return keras.losses.MeanSquaredError(name="mse")
     if name == "huber":
         return keras.losses.Huber(delta=1.0, name="huber")
-    raise ValueError(
-        f"Unknown loss {name!r}. Valid losses: {', '.join(LOSS_NAMES)}."
-    )
+    raise ValueError(f"Unknown loss {name!r}. Valid losses: {', '.join(LOSS_NAMES)}.")
 
 
 def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
@@ -166,60 +153,30 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
     x = np.atleast_2d(np.asarray(x_t, dtype=np.float64))
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     if means.shape[1] != x.shape[1]:
-        raise ValueError(
-            f"means have dimension {means.shape[1]} but x_t has {x.shape[1]}; "
-            "pass means of shape (K, D) for x_t of shape (N, D)."
-        )
+        raise ValueError(f"means have dimension {means.shape[1]} but x_t has {x.shape[1]}; "
+                         "pass means of shape (K, D) for x_t of shape (N, D).")
     k = means.shape[0]
     stds = np.broadcast_to(np.asarray(stds, dtype=np.float64), (k,))
-    weights = (
-        np.full(k, 1.0 / k)
-        if weights is None
-        else np.asarray(weights, np.float64)
-    )
-    if (
-        weights.shape != (k,)
-        or np.any(weights < 0)
-        or not np.isclose(weights.sum(), 1.0)
-    ):
-        raise ValueError(
-            f"weights must be {k} non-negative numbers that sum to 1, got {weights}."
-        )
-    ab = np.broadcast_to(
-        np.asarray(alpha_bar, dtype=np.float64), (x.shape[0],)
-    )[:, None]
+    weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, np.float64)
+    if weights.shape != (k,) or np.any(weights < 0) or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(f"weights must be {k} non-negative numbers that sum to 1, got {weights}.")
+    ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (x.shape[0],))[:, None]
     if np.any(ab <= 0) or np.any(ab >= 1):
-        raise ValueError(
-            "alpha_bar must lie strictly between 0 and 1 (a noised point, t >= 1)."
-        )
-    var = (
-        ab * stds**2 + 1.0 - ab
-    )  # (N, K): variance of component k after noising
+        raise ValueError("alpha_bar must lie strictly between 0 and 1 (a noised point, t >= 1).")
+    var = ab * stds**2 + 1.0 - ab  # (N, K): variance of component k after noising
     diff = x[:, None, :] - np.sqrt(ab)[:, :, None] * means[None]  # (N, K, D)
     d = x.shape[1]
-    log_comp = (
-        np.log(np.where(weights > 0, weights, 1e-300))
-        - 0.5 * d * np.log(2 * np.pi * var)
-        - 0.5 * np.sum(diff**2, axis=2) / var
-    )
+    log_comp = (np.log(np.where(weights > 0, weights, 1e-300)) - 0.5 * d * np.log(2 * np.pi * var)
+                - 0.5 * np.sum(diff**2, axis=2) / var)
     top = log_comp.max(axis=1, keepdims=True)
     log_density = top[:, 0] + np.log(np.exp(log_comp - top).sum(axis=1))
-    resp = np.exp(log_comp - log_density[:, None])[
-        :, :, None
-    ]  # p(component k | x_t)
+    resp = np.exp(log_comp - log_density[:, None])[:, :, None]  # p(component k | x_t)
     score = np.sum(resp * (-diff / var[:, :, None]), axis=1)
     gain = (np.sqrt(ab) * stds**2 / var)[:, :, None]
     comp_mean = means[None] + gain * diff  # E[x_0 | x_t, k]
-    comp_var = (stds**2 * (1.0 - ab) / var)[
-        :, :, None
-    ]  # Var[x_0 | x_t, k] per coordinate
+    comp_var = (stds**2 * (1.0 - ab) / var)[:, :, None]  # Var[x_0 | x_t, k] per coordinate
     x0_mean = np.sum(resp * comp_mean, axis=1)
     x0_var = np.sum(resp * (comp_var + comp_mean**2), axis=1) - x0_mean**2
     eps_mean = (x - np.sqrt(ab) * x0_mean) / np.sqrt(1.0 - ab)
-    return {
-        "log_density": log_density,
-        "score": score,
-        "x0_mean": x0_mean,
-        "x0_var": np.maximum(x0_var, 0.0),
-        "eps_mean": eps_mean,
-    }
+    return {"log_density": log_density, "score": score, "x0_mean": x0_mean,
+            "x0_var": np.maximum(x0_var, 0.0), "eps_mean": eps_mean}

@@ -30,13 +30,9 @@ def make_strategy(name: str = "none", replicas: int | None = None):
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise ValueError(
-            f"Unknown strategy {name!r}. Valid: {', '.join(STRATEGIES)}."
-        )
+        raise ValueError(f"Unknown strategy {name!r}. Valid: {', '.join(STRATEGIES)}.")
     if replicas is not None and (replicas < 1 or name != "mirrored"):
-        raise ValueError(
-            f"--replicas needs --strategy mirrored and a count of at least 1, got {name!r}, {replicas}."
-        )
+        raise ValueError(f"--replicas needs --strategy mirrored and a count of at least 1, got {name!r}, {replicas}.")
     if name == "none":
         return None
     if name == "multiworker":
@@ -50,59 +46,35 @@ def make_strategy(name: str = "none", replicas: int | None = None):
     if replicas is not None and not tf.config.list_physical_devices("GPU"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
-            )
-        except (
-            RuntimeError
-        ) as error:  # TensorFlow already set up its devices in this process
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+        except RuntimeError as error:  # TensorFlow already set up its devices in this process
             if len(tf.config.list_logical_devices("CPU")) != replicas:
-                raise ValueError(
-                    f"Cannot split the CPU into {replicas} devices once TensorFlow has started: "
-                    "pass --replicas in a fresh process."
-                ) from error
-        devices = [
-            device.name for device in tf.config.list_logical_devices("CPU")
-        ]
+                raise ValueError(f"Cannot split the CPU into {replicas} devices once TensorFlow has started: "
+                                 "pass --replicas in a fresh process.") from error
+        devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
 
 
 def setup_strategy(strategy, replicas, batch_size: int, config: dict):
     """The strategy of a run (None for one device; a name goes to :func:`make_strategy`); records the
     replicas in ``config`` (XLA off under a strategy) and says what is used."""
-    if isinstance(strategy, str) or (
-        strategy is None and replicas is not None
-    ):
+    if isinstance(strategy, str) or (strategy is None and replicas is not None):
         strategy = make_strategy(strategy or "mirrored", replicas)
     count = 1 if strategy is None else strategy.num_replicas_in_sync
     if batch_size % count:
-        raise ValueError(
-            f"The batch of {batch_size} images cannot be split evenly over {count} replicas: pass "
-            f"--batch-size (train(profile.replace(batch_size=...))) with a multiple of {count}."
-        )
+        raise ValueError(f"The batch of {batch_size} images cannot be split evenly over {count} replicas: pass "
+                         f"--batch-size (train(profile.replace(batch_size=...))) with a multiple of {count}.")
     config["replicas"] = count
     if strategy is not None:
         if config["xla"]:
             print("XLA is not used under a distribution strategy.")
         config["xla"] = False
-        print(
-            f"Training on {count} replicas ({type(strategy).__name__}), {batch_size // count} images each."
-        )
+        print(f"Training on {count} replicas ({type(strategy).__name__}), {batch_size // count} images each.")
     return strategy
 
 
-def make_distributed_train_step(
-    strategy,
-    model,
-    optimizer,
-    schedule,
-    loss_fn,
-    *,
-    ema=None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    label_dropout: float = 0.0,
-):
+def make_distributed_train_step(strategy, model, optimizer, schedule, loss_fn, *, ema=None, seed: int = 0,
+                                num_classes: int | None = None, label_dropout: float = 0.0):
     """``train_step(images, labels, step) -> loss`` on the global batch, run by every replica of
     ``strategy`` (whose scope created ``model``, ``optimizer`` and the EMA model). Same contract as
     :func:`ddpm_helpers.train_step.make_train_step`, ``bad_step`` and ``bad_what`` included."""
@@ -123,48 +95,22 @@ def make_distributed_train_step(
         context = tf.distribute.get_replica_context()
         shape = tf.shape(images)
         per_replica = shape[0] // replicas
-        part = (
-            tf.range(per_replica)
-            + context.replica_id_in_sync_group * per_replica
-        )
+        part = tf.range(per_replica) + context.replica_id_in_sync_group * per_replica
         keys = step_keys(seed, step)
-        t, noise = _draw(
-            keys, shape[0], shape[1:], schedule.timesteps
-        )  # the global batch's draws
+        t, noise = _draw(keys, shape[0], shape[1:], schedule.timesteps)  # the global batch's draws
         if num_classes:
             labels = drop_labels(labels, keys[2], num_classes, label_dropout)
-        x0, t, noise, labels = (
-            tf.gather(v, part) for v in (images, t, noise, labels)
-        )
-        inputs = [q_sample(schedule, x0, t, noise), t] + (
-            [labels] if num_classes else []
-        )
+        x0, t, noise, labels = (tf.gather(v, part) for v in (images, t, noise, labels))
+        inputs = [q_sample(schedule, x0, t, noise), t] + ([labels] if num_classes else [])
         with tf.GradientTape() as tape:
             predicted = tf.cast(model(inputs, training=True), tf.float32)
             loss = loss_fn(noise, predicted)
             if not keras_scales:  # a Keras loss divides by the replicas itself, inside strategy.run
                 loss = loss / replicas
         gradients = tape.gradient(loss, variables)
-        local_bad = tf.stack(
-            [
-                tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))),
-                tf.logical_not(
-                    tf.reduce_all(
-                        [
-                            tf.reduce_all(tf.math.is_finite(g))
-                            for g in gradients
-                            if g is not None
-                        ]
-                    )
-                ),
-            ]
-        )
-        bad = (
-            context.all_reduce(
-                tf.distribute.ReduceOp.SUM, tf.cast(local_bad, tf.int64)
-            )
-            > 0
-        )  # same everywhere
+        local_bad = tf.stack([tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))), tf.logical_not(
+            tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]))])
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_bad, tf.int64)) > 0  # same everywhere
 
         # Keras sums the gradients over the replicas. Unlike the one-device step this update cannot sit
         # in a tf.cond (a synchronisation point may not): after a bad step the loop stops before saving.
@@ -177,22 +123,10 @@ def make_distributed_train_step(
         loss = strategy.experimental_local_results(loss)[0]
         bad = strategy.experimental_local_results(bad)[0]
         first_bad = tf.logical_and(bad_step == 0, tf.reduce_any(bad))
-        bad_what.assign(
-            tf.where(
-                first_bad,
-                tf.where(bad[0], tf.constant(1, tf.int64), 2),
-                bad_what,
-            )
-        )
-        bad_step.assign(
-            tf.where(first_bad, tf.cast(step, tf.int64) + 1, bad_step)
-        )
+        bad_what.assign(tf.where(first_bad, tf.where(bad[0], tf.constant(1, tf.int64), 2), bad_what))
+        bad_step.assign(tf.where(first_bad, tf.cast(step, tf.int64) + 1, bad_step))
         if ema is not None:
-            tf.cond(
-                bad_step == 0,
-                lambda: _ema_update(),
-                lambda: tf.constant(False),
-            )
+            tf.cond(bad_step == 0, lambda: _ema_update(), lambda: tf.constant(False))
         return loss
 
     def _ema_update():
@@ -211,9 +145,7 @@ def precision_policy(mixed: bool, strategy=None) -> str:
 
     if not mixed:
         return "float32"
-    if isinstance(
-        strategy, tf.distribute.TPUStrategy
-    ) or not tf.config.list_physical_devices("GPU"):
+    if isinstance(strategy, tf.distribute.TPUStrategy) or not tf.config.list_physical_devices("GPU"):
         return "mixed_bfloat16"
     return "mixed_float16"
 

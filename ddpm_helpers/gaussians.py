@@ -38,9 +38,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def _tensorflow_if_any(values):
     """TensorFlow, if any value is a TF tensor or variable (TF is only imported by the caller)."""
     tf = sys.modules.get("tensorflow")
-    if tf is not None and any(
-        isinstance(v, (tf.Tensor, tf.Variable)) for v in values
-    ):
+    if tf is not None and any(isinstance(v, (tf.Tensor, tf.Variable)) for v in values):
         return tf
     return None
 
@@ -52,16 +50,10 @@ def _prepare(values, variance_names):
     """
     tf = _tensorflow_if_any(values.values())
     if tf is not None:
-        dtype = next(
-            v.dtype
-            for v in values.values()
-            if isinstance(v, (tf.Tensor, tf.Variable))
-        )
+        dtype = next(v.dtype for v in values.values() if isinstance(v, (tf.Tensor, tf.Variable)))
         if not dtype.is_floating:
-            raise ValueError(
-                f"TensorFlow inputs must be floating point, got {dtype.name}: "
-                f"cast them first, e.g. tf.cast(x, tf.float32)."
-            )
+            raise ValueError(f"TensorFlow inputs must be floating point, got {dtype.name}: "
+                             f"cast them first, e.g. tf.cast(x, tf.float32).")
         return tf.math, [tf.cast(v, dtype) for v in values.values()]
     converted = []
     for name, value in values.items():
@@ -70,8 +62,7 @@ def _prepare(values, variance_names):
             bad = array[~(array > 0)].ravel()[0]
             raise ValueError(
                 f"{name} must be a positive variance everywhere, got {float(bad):g}. Pass sigma**2 "
-                f"(not sigma, a log-variance or 0); a point mass has no density."
-            )
+                f"(not sigma, a log-variance or 0); a point mass has no density.")
         converted.append(array)
     return np, converted
 

@@ -28,17 +28,9 @@ import numpy as np
 
 from ddpm_helpers.predictors import classifier_free_guidance
 
-__all__ = [
-    "classifier_free_guidance",
-    "null_label_of",
-    "guided_sample",
-    "class_agreement",
-    "mean_pairwise_distance",
-    "within_class_diversity",
-    "GuidancePoint",
-    "guidance_sweep",
-    "balanced_labels",
-]
+__all__ = ["classifier_free_guidance", "null_label_of", "guided_sample", "class_agreement",
+           "mean_pairwise_distance", "within_class_diversity", "GuidancePoint", "guidance_sweep",
+           "balanced_labels"]
 
 
 def null_label_of(model) -> int:
@@ -56,35 +48,20 @@ def null_label_of(model) -> int:
 def _data_shape(model) -> tuple:
     shape = tuple(model.inputs[0].shape[1:])
     if any(s is None for s in shape):
-        raise ValueError(
-            f"The model's first input has an unknown shape {shape}: cannot tell the data shape."
-        )
+        raise ValueError(f"The model's first input has an unknown shape {shape}: cannot tell the data shape.")
     return shape
 
 
 def balanced_labels(num_classes: int, per_class: int) -> np.ndarray:
     """``per_class`` copies of each label 0..num_classes-1, grouped: [0, 0, ..., 1, 1, ...] (int32)."""
     if num_classes < 1 or per_class < 1:
-        raise ValueError(
-            f"num_classes and per_class must be positive, got {num_classes} and {per_class}."
-        )
+        raise ValueError(f"num_classes and per_class must be positive, got {num_classes} and {per_class}.")
     return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
 
 
-def guided_sample(
-    model,
-    schedule,
-    labels,
-    guidance_scale: float,
-    *,
-    sampler: str = "ddim",
-    steps: int | None = 50,
-    eta: float = 0.0,
-    seed: int = 0,
-    batch_size: int | None = None,
-    null_label: int | None = None,
-    **kwargs,
-):
+def guided_sample(model, schedule, labels, guidance_scale: float, *, sampler: str = "ddim", steps: int | None = 50,
+                  eta: float = 0.0, seed: int = 0, batch_size: int | None = None, null_label: int | None = None,
+                  **kwargs):
     """Samples of the requested ``labels`` (int (N,)) with classifier-free guidance of scale ``guidance_scale``.
 
     Wraps the conditional ``model`` with :func:`ddpm_helpers.sampling.classifier_free_guidance`
@@ -98,40 +75,24 @@ def guided_sample(
 
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(
-            f"labels must be a 1-D integer array (one requested class per sample), got "
-            f"{labels.dtype} {labels.shape}."
-        )
+        raise ValueError(f"labels must be a 1-D integer array (one requested class per sample), got "
+                         f"{labels.dtype} {labels.shape}.")
     null = null_label_of(model) if null_label is None else int(null_label)
     if labels.size and (labels.min() < 0 or labels.max() >= null):
-        raise ValueError(
-            f"Requested labels must lie in [0, {null}) ({null} is the null label), got "
-            f"{labels.min()}..{labels.max()}."
-        )
+        raise ValueError(f"Requested labels must lie in [0, {null}) ({null} is the null label), got "
+                         f"{labels.min()}..{labels.max()}.")
     predictor = classifier_free_guidance(model, guidance_scale, null)
-    return sampling.sample(
-        predictor,
-        schedule,
-        len(labels),
-        _data_shape(model),
-        sampler=sampler,
-        steps=steps if sampler == "ddim" else None,
-        eta=eta,
-        seed=seed,
-        labels=labels.astype(np.int32),
-        batch_size=batch_size,
-        **kwargs,
-    )
+    return sampling.sample(predictor, schedule, len(labels), _data_shape(model), sampler=sampler,
+                           steps=steps if sampler == "ddim" else None, eta=eta, seed=seed,
+                           labels=labels.astype(np.int32), batch_size=batch_size, **kwargs)
 
 
 def class_agreement(predicted, requested) -> float:
     """Share of samples whose predicted class equals the requested one."""
     predicted, requested = np.asarray(predicted), np.asarray(requested)
     if predicted.shape != requested.shape or predicted.ndim != 1:
-        raise ValueError(
-            f"predicted and requested must be 1-D of the same length, got {predicted.shape} "
-            f"and {requested.shape}."
-        )
+        raise ValueError(f"predicted and requested must be 1-D of the same length, got {predicted.shape} "
+                         f"and {requested.shape}.")
     return float(np.mean(predicted == requested))
 
 
@@ -145,9 +106,7 @@ def mean_pairwise_distance(samples) -> float:
 
     x = np.asarray(samples, dtype=np.float64).reshape(len(samples), -1)
     if len(x) < 2:
-        raise ValueError(
-            f"Need at least 2 samples to measure their spread, got {len(x)}."
-        )
+        raise ValueError(f"Need at least 2 samples to measure their spread, got {len(x)}.")
     return float(pdist(x).mean())
 
 
@@ -162,11 +121,7 @@ def within_class_diversity(samples, labels) -> float:
     if not classes:
         raise ValueError("Need at least one class with 2 or more samples.")
     samples = np.asarray(samples)
-    return float(
-        np.mean(
-            [mean_pairwise_distance(samples[labels == c]) for c in classes]
-        )
-    )
+    return float(np.mean([mean_pairwise_distance(samples[labels == c]) for c in classes]))
 
 
 @dataclasses.dataclass
@@ -182,16 +137,7 @@ class GuidancePoint:
     seconds: float
 
 
-def guidance_sweep(
-    model,
-    schedule,
-    scales,
-    classify,
-    *,
-    labels,
-    seed: int = 0,
-    **sample_kwargs,
-) -> list:
+def guidance_sweep(model, schedule, scales, classify, *, labels, seed: int = 0, **sample_kwargs) -> list:
     """Sample the same requested ``labels`` (and the same starting noise, ``seed``) at every guidance scale.
 
     ``classify(samples) -> predicted classes`` (e.g. the digit classifier's arg-max, or
@@ -201,18 +147,9 @@ def guidance_sweep(
     labels = np.asarray(labels, dtype=np.int32)
     points = []
     for scale in scales:
-        result = guided_sample(
-            model, schedule, labels, float(scale), seed=seed, **sample_kwargs
-        )
+        result = guided_sample(model, schedule, labels, float(scale), seed=seed, **sample_kwargs)
         predicted = np.asarray(classify(result.images))
-        points.append(
-            GuidancePoint(
-                scale=float(scale),
-                agreement=class_agreement(predicted, labels),
-                diversity=within_class_diversity(result.images, labels),
-                samples=result.images,
-                labels=labels,
-                seconds=result.seconds,
-            )
-        )
+        points.append(GuidancePoint(scale=float(scale), agreement=class_agreement(predicted, labels),
+                                    diversity=within_class_diversity(result.images, labels),
+                                    samples=result.images, labels=labels, seconds=result.seconds))
     return points

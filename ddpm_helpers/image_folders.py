@@ -48,10 +48,7 @@ def describe_folder_layout() -> str:
 
 
 def _is_hidden(relative: Path) -> bool:
-    return any(
-        part.startswith(".") or part in SKIPPED_FOLDERS
-        for part in relative.parts
-    )
+    return any(part.startswith(".") or part in SKIPPED_FOLDERS for part in relative.parts)
 
 
 def list_image_files(path) -> list[Path]:
@@ -64,32 +61,20 @@ def list_image_files(path) -> list[Path]:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise ValueError(
-            f"Image folder {str(path)!r} does not exist (looked at {path.resolve()}). "
-            + _folder_help(path)
-        )
+        raise ValueError(f"Image folder {str(path)!r} does not exist (looked at {path.resolve()}). "
+                         + _folder_help(path))
     if not path.is_dir():
-        raise ValueError(
-            f"{str(path)!r} is a file, not a folder of images. "
-            + _folder_help(path)
-        )
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and not _is_hidden(p.relative_to(path))
-    )
+        raise ValueError(f"{str(path)!r} is a file, not a folder of images. " + _folder_help(path))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(path)))
     if not files:
-        raise ValueError(
-            f"Image folder {str(path)!r} is empty. " + _folder_help(path)
-        )
+        raise ValueError(f"Image folder {str(path)!r} is empty. " + _folder_help(path))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
         examples = ", ".join(str(p.relative_to(path)) for p in files[:3])
         suffixes = sorted({p.suffix.lower() or "(none)" for p in files})
         raise ValueError(
             f"Image folder {str(path)!r} holds {len(files)} file(s) but no images: found {examples}"
-            f"{', ...' if len(files) > 3 else ''} (types {', '.join(suffixes)}). "
-            + _folder_help(path)
+            f"{', ...' if len(files) > 3 else ''} (types {', '.join(suffixes)}). " + _folder_help(path)
         )
     return images
 
@@ -97,9 +82,7 @@ def list_image_files(path) -> list[Path]:
 def _decode(path, channels: int = 0):
     import tensorflow as tf
 
-    return tf.io.decode_image(
-        tf.io.read_file(path), channels=channels, expand_animations=False
-    )
+    return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
 
 
 def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
@@ -112,14 +95,9 @@ def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
     names = [str(f) for f in files]
     if not names:
         return []
-    decoded = (
-        tf.data.Dataset.from_tensor_slices(names)
-        .map(
-            lambda name: (name, tf.shape(_decode(name))),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .ignore_errors()
-    )
+    decoded = (tf.data.Dataset.from_tensor_slices(names)
+               .map(lambda name: (name, tf.shape(_decode(name))), num_parallel_calls=tf.data.AUTOTUNE)
+               .ignore_errors())
     readable = {name.numpy().decode() for name, _ in decoded}
     bad = []
     for name in names:
@@ -129,9 +107,7 @@ def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
             _decode(name)
             reason = "unreadable while decoding in parallel"
         except (tf.errors.OpError, OSError) as error:
-            reason = (
-                f"{type(error).__name__}: {getattr(error, 'message', error)}"
-            )
+            reason = f"{type(error).__name__}: {getattr(error, 'message', error)}"
         bad.append((Path(name), reason))
         if len(bad) >= limit:
             break
@@ -143,8 +119,7 @@ def unreadable_error(path, bad, total: int) -> ValueError:
     listed = "; ".join(f"{p} ({reason})" for p, reason in bad)
     return ValueError(
         f"Image folder {str(path)!r}: {len(bad)}{'+' if len(bad) >= 5 else ''} of its {total} image file(s) "
-        f"cannot be read: {listed}. Delete or re-download them. "
-        + _folder_help(Path(path))
+        f"cannot be read: {listed}. Delete or re-download them. " + _folder_help(Path(path))
     )
 
 
@@ -158,9 +133,7 @@ def decode_image_file(path, image_size: int, channels: int):
 
     image = _decode(path, channels)
     side = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])
-    image = tf.image.resize_with_crop_or_pad(
-        image, side, side
-    )  # the centred square
+    image = tf.image.resize_with_crop_or_pad(image, side, side)  # the centred square
     image = tf.image.resize(image, (image_size, image_size), method="bilinear")
     image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     return tf.ensure_shape(image, (image_size, image_size, channels))
@@ -173,9 +146,7 @@ def uint8_to_model_range(image, label):
     return tf.cast(image, tf.float32) / 127.5 - 1.0, label
 
 
-def load_image_folder(
-    path, image_size: int, channels: int, *, verify: bool | None = None
-):
+def load_image_folder(path, image_size: int, channels: int, *, verify: bool | None = None):
     """A folder of images (the original tutorial's CelebA) as a :class:`~ddpm_helpers.data.DataSource`, unlabelled.
 
     ``tf.data`` reads exactly the files of :func:`list_image_files`, in that order (shuffling
@@ -191,9 +162,7 @@ def load_image_folder(
     path = Path(path).expanduser()
     files = list_image_files(path)
     if channels not in (1, 3):
-        raise ValueError(
-            f"channels must be 1 (grey) or 3 (RGB) for an image folder, got {channels}."
-        )
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB) for an image folder, got {channels}.")
     if verify is None:
         verify = len(files) <= VERIFY_ALL_UP_TO
     if verify:
@@ -202,26 +171,14 @@ def load_image_folder(
             raise unreadable_error(path, bad, len(files))
 
     def load(name):
-        return decode_image_file(name, image_size, channels), tf.constant(
-            -1, tf.int32
-        )
+        return decode_image_file(name, image_size, channels), tf.constant(-1, tf.int32)
 
     names = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
     stats = [(str(p.relative_to(path)), p.stat().st_size) for p in files]
     return DataSource(
-        name=f"folder:{path}",
-        count=len(files),
-        image_shape=(image_size, image_size, channels),
-        dataset=names.map(load, num_parallel_calls=tf.data.AUTOTUNE).map(
-            uint8_to_model_range
-        ),
-        num_classes=None,
-        flip=True,
-        fingerprint=_fingerprint(image_size, channels, *stats),
-        files=files,
-        elements=names,
-        load=load,
-        to_model_range=uint8_to_model_range,
-        in_memory=len(files) * image_size * image_size * channels
-        <= CACHE_LIMIT_BYTES,
+        name=f"folder:{path}", count=len(files), image_shape=(image_size, image_size, channels),
+        dataset=names.map(load, num_parallel_calls=tf.data.AUTOTUNE).map(uint8_to_model_range),
+        num_classes=None, flip=True, fingerprint=_fingerprint(image_size, channels, *stats), files=files,
+        elements=names, load=load, to_model_range=uint8_to_model_range,
+        in_memory=len(files) * image_size * image_size * channels <= CACHE_LIMIT_BYTES,
     )

@@ -12,9 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 LR_SCHEDULES = ("seed", "constant", "cosine", "warmup_cosine")
-SEED_DECAY_STEPS = (
-    100_000  # the original tutorial's: the rate halves after 100,000 steps
-)
+SEED_DECAY_STEPS = 100_000  # the original tutorial's: the rate halves after 100,000 steps
 
 
 def _keras():
@@ -23,9 +21,7 @@ def _keras():
     return keras
 
 
-def seed_learning_rate(
-    base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS
-):
+def seed_learning_rate(base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS):
     """``lr(step) = base_lr * decay_steps / (step + decay_steps)``, chapter "Training", Eq. (eq-seed-lr).
 
     That is ``keras.optimizers.schedules.InverseTimeDecay(base_lr, decay_steps, decay_rate=1)``,
@@ -34,12 +30,8 @@ def seed_learning_rate(
     steps it falls to 61% of ``base_lr``.
     """
     if not base_lr > 0 or not decay_steps > 0:
-        raise ValueError(
-            f"base_lr and decay_steps must be positive, got {base_lr} and {decay_steps}."
-        )
-    return _keras().optimizers.schedules.InverseTimeDecay(
-        float(base_lr), float(decay_steps), 1.0
-    )
+        raise ValueError(f"base_lr and decay_steps must be positive, got {base_lr} and {decay_steps}.")
+    return _keras().optimizers.schedules.InverseTimeDecay(float(base_lr), float(decay_steps), 1.0)
 
 
 # The name the Training chapter used before the schedule became Keras' own InverseTimeDecay.
@@ -59,9 +51,7 @@ class ConstantLearningRate(_keras().optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         import keras
 
-        return keras.ops.cast(self.base_lr, "float32") + 0.0 * keras.ops.cast(
-            step, "float32"
-        )
+        return keras.ops.cast(self.base_lr, "float32") + 0.0 * keras.ops.cast(step, "float32")
 
     def get_config(self):
         return {"base_lr": self.base_lr}
@@ -86,24 +76,14 @@ def make_learning_rate(name: str, base_lr: float, total_steps: int):
     if name == "constant":
         return ConstantLearningRate(base_lr)
     if name not in LR_SCHEDULES:
-        raise ValueError(
-            f"Unknown learning-rate schedule {name!r}. Valid: {', '.join(LR_SCHEDULES)}."
-        )
+        raise ValueError(f"Unknown learning-rate schedule {name!r}. Valid: {', '.join(LR_SCHEDULES)}.")
     if total_steps < 1:
-        raise ValueError(
-            f"The {name!r} schedule needs total_steps >= 1, got {total_steps}."
-        )
+        raise ValueError(f"The {name!r} schedule needs total_steps >= 1, got {total_steps}.")
     if name == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            base_lr, decay_steps=total_steps, alpha=0.0
-        )
+        return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=total_steps, alpha=0.0)
     warmup = max(1, total_steps // 20)
     return keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(1, total_steps - warmup),
-        alpha=0.0,
-        warmup_target=base_lr,
-        warmup_steps=warmup,
+        0.0, decay_steps=max(1, total_steps - warmup), alpha=0.0, warmup_target=base_lr, warmup_steps=warmup
     )
 
 
@@ -120,13 +100,8 @@ def learning_rates(schedule, first: int, last: int) -> np.ndarray:
             return rates
     except Exception:  # e.g. a schedule with a tf.cond on the step
         pass
-    one_by_one = tf.function(
-        lambda s: tf.map_fn(
-            lambda x: tf.cast(schedule(x), tf.float32),
-            s,
-            fn_output_signature=tf.float32,
-        )
-    )
+    one_by_one = tf.function(lambda s: tf.map_fn(lambda x: tf.cast(schedule(x), tf.float32), s,
+                                                 fn_output_signature=tf.float32))
     return np.asarray(one_by_one(steps), dtype=np.float64)
 
 
@@ -140,13 +115,9 @@ class ExponentialMovingAverage:
 
     def __init__(self, model, ema_model, decay: float):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(
-                f"EMA decay must lie in [0, 1), got {decay}; typical values are 0.99 to 0.9999."
-            )
+            raise ValueError(f"EMA decay must lie in [0, 1), got {decay}; typical values are 0.99 to 0.9999.")
         if len(model.weights) != len(ema_model.weights):
-            raise ValueError(
-                "model and ema_model must have the same architecture (same number of weights)."
-            )
+            raise ValueError("model and ema_model must have the same architecture (same number of weights).")
         self.model = model
         self.ema_model = ema_model
         self.decay = float(decay)

@@ -46,7 +46,6 @@ from ddpm_helpers.classifier import (  # noqa: F401 (re-exported)
     quantize,
     train_classifier,
 )
-
 DIGITS_SHAPE = (8, 8, 1)  # what a sample file without meta is taken to hold
 
 from ddpm_helpers.frechet import (  # noqa: F401 (re-exported)
@@ -60,7 +59,6 @@ from ddpm_helpers.frechet import (  # noqa: F401 (re-exported)
 # --------------------------------------------------------------------------------------------
 # Scoring a set of samples
 # --------------------------------------------------------------------------------------------
-
 
 @dataclasses.dataclass
 class Evaluation:
@@ -90,12 +88,10 @@ class Evaluation:
         return values
 
     def summary(self) -> str:
-        return (
-            f"FD {self.fd:.2f} | floor {self.floor:.2f} +- {self.floor_std:.2f} (real vs real) | "
-            f"ceiling {self.ceiling:.1f} (noise) | ratio FD / floor {self.ratio:.2f} | "
-            f"confident (p > {CONFIDENCE_THRESHOLD}) {100 * self.confident_share:.1f}% "
-            f"(real: {100 * self.real_confident_share:.1f}%) | n = {self.n}"
-        )
+        return (f"FD {self.fd:.2f} | floor {self.floor:.2f} +- {self.floor_std:.2f} (real vs real) | "
+                f"ceiling {self.ceiling:.1f} (noise) | ratio FD / floor {self.ratio:.2f} | "
+                f"confident (p > {CONFIDENCE_THRESHOLD}) {100 * self.confident_share:.1f}% "
+                f"(real: {100 * self.real_confident_share:.1f}%) | n = {self.n}")
 
 
 class Evaluator:
@@ -105,67 +101,37 @@ class Evaluator:
     reused. ``floor_repeats`` random training subsets give the floor's mean and spread.
     """
 
-    def __init__(
-        self,
-        classifier: Classifier,
-        data: str = "digits",
-        image_size: int = 8,
-        channels: int = 1,
-        *,
-        seed: int = 0,
-        floor_repeats: int = 5,
-    ):
+    def __init__(self, classifier: Classifier, data: str = "digits", image_size: int = 8, channels: int = 1,
+                 *, seed: int = 0, floor_repeats: int = 5):
         self.classifier = classifier
         self.seed = seed
         self.floor_repeats = floor_repeats
-        train_x, _, held_x, _, _ = load_reference_data(
-            data, image_size, channels, seed
-        )
+        train_x, _, held_x, _, _ = load_reference_data(data, image_size, channels, seed)
         self.train_images = quantize(train_x)
         self.held_out_images = quantize(held_x)
         self.image_shape = self.held_out_images.shape[1:]
         self.train_features = classifier.features(self.train_images)
-        self.held_out_stats = feature_statistics(
-            classifier.features(self.held_out_images)
-        )
-        self.real_confident_share = float(
-            np.mean(
-                classifier.probabilities(self.held_out_images).max(1)
-                > CONFIDENCE_THRESHOLD
-            )
-        )
+        self.held_out_stats = feature_statistics(classifier.features(self.held_out_images))
+        self.real_confident_share = float(np.mean(
+            classifier.probabilities(self.held_out_images).max(1) > CONFIDENCE_THRESHOLD))
         self._references: dict[int, tuple] = {}
 
     def fd_to_real(self, images) -> float:
         """Frechet distance of an image set to the real held-out images."""
-        return frechet_distance(
-            *feature_statistics(self.classifier.features(quantize(images))),
-            *self.held_out_stats,
-        )
+        return frechet_distance(*feature_statistics(self.classifier.features(quantize(images))), *self.held_out_stats)
 
     def references(self, n: int) -> tuple[list, float]:
         """Floor draws (n real training images vs held-out) and ceiling (n noise images vs held-out)."""
         if n not in self._references:
             if n > len(self.train_images):
-                raise ValueError(
-                    f"At most {len(self.train_images)} images can be scored (the size of the real "
-                    f"training set that gives the floor); got {n}."
-                )
+                raise ValueError(f"At most {len(self.train_images)} images can be scored (the size of the real "
+                                 f"training set that gives the floor); got {n}.")
             rng = np.random.default_rng(self.seed)
             floors = []
             for _ in range(self.floor_repeats):
-                subset = rng.choice(
-                    len(self.train_images), size=n, replace=False
-                )
-                floors.append(
-                    frechet_distance(
-                        *feature_statistics(self.train_features[subset]),
-                        *self.held_out_stats,
-                    )
-                )
-            noise = np.clip(
-                rng.standard_normal((n,) + self.image_shape), -1.0, 1.0
-            )
+                subset = rng.choice(len(self.train_images), size=n, replace=False)
+                floors.append(frechet_distance(*feature_statistics(self.train_features[subset]), *self.held_out_stats))
+            noise = np.clip(rng.standard_normal((n,) + self.image_shape), -1.0, 1.0)
             self._references[n] = (floors, self.fd_to_real(noise))
         return self._references[n]
 
@@ -173,29 +139,19 @@ class Evaluator:
         """Score ``images`` (N, H, W, C) in [-1, 1] or uint8 against the floor and ceiling at the same N."""
         images = quantize(check_count(images))
         if images.shape[1:] != self.image_shape:
-            raise ValueError(
-                f"Images have shape {images.shape[1:]}, the real data {self.image_shape}: "
-                "score samples of a model trained on this data set."
-            )
+            raise ValueError(f"Images have shape {images.shape[1:]}, the real data {self.image_shape}: "
+                             "score samples of a model trained on this data set.")
         n = len(images)
         floors, ceiling = self.references(n)
         fd = self.fd_to_real(images)
         probabilities = self.classifier.probabilities(images)
         floor = float(np.mean(floors))
         return Evaluation(
-            n=n,
-            fd=fd,
-            floor=floor,
-            floor_std=float(np.std(floors)),
-            ceiling=ceiling,
+            n=n, fd=fd, floor=floor, floor_std=float(np.std(floors)), ceiling=ceiling,
             ratio=fd / floor if floor > 0 else float("inf"),
-            confident_share=float(
-                np.mean(probabilities.max(1) > CONFIDENCE_THRESHOLD)
-            ),
+            confident_share=float(np.mean(probabilities.max(1) > CONFIDENCE_THRESHOLD)),
             real_confident_share=self.real_confident_share,
-            class_histogram=np.bincount(
-                probabilities.argmax(1), minlength=self.classifier.num_classes
-            ),
+            class_histogram=np.bincount(probabilities.argmax(1), minlength=self.classifier.num_classes),
             floor_draws=[float(v) for v in floors],
         )
 
@@ -208,50 +164,28 @@ def check_count(images, *, warn: bool = True) -> np.ndarray:
     """
     images = np.asarray(images)
     if images.ndim != 4:
-        raise ValueError(
-            f"images must have shape (N, H, W, C), got {images.shape}."
-        )
+        raise ValueError(f"images must have shape (N, H, W, C), got {images.shape}.")
     n = len(images)
     if n < 2:
-        raise ValueError(
-            f"Need at least 2 images to fit a covariance, got {n}: score more samples "
-            f"(at least {FEATURE_DIM}, the number of features, better several hundred)."
-        )
+        raise ValueError(f"Need at least 2 images to fit a covariance, got {n}: score more samples "
+                         f"(at least {FEATURE_DIM}, the number of features, better several hundred).")
     if n < FEATURE_DIM and warn:
-        warnings.warn(
-            f"Only {n} images for {FEATURE_DIM} features: their covariance is singular and the "
-            "Frechet distance is unreliable (and compared with a floor measured at the same n). "
-            f"Score at least {FEATURE_DIM} samples, better several hundred.",
-            stacklevel=3,
-        )
+        warnings.warn(f"Only {n} images for {FEATURE_DIM} features: their covariance is singular and the "
+                      "Frechet distance is unreliable (and compared with a floor measured at the same n). "
+                      f"Score at least {FEATURE_DIM} samples, better several hundred.", stacklevel=3)
     return images
 
 
-def evaluate_samples(
-    images,
-    *,
-    data: str = "digits",
-    runs_dir=None,
-    seed: int = 0,
-    verbose: bool = True,
-) -> Evaluation:
+def evaluate_samples(images, *, data: str = "digits", runs_dir=None, seed: int = 0, verbose: bool = True) -> Evaluation:
     """One-call scoring: load or train the classifier for ``data`` at the images' size and evaluate them.
 
     The images are checked (at least 2, all finite) before any classifier is trained.
     """
     images = check_count(images, warn=False)  # Evaluator.evaluate warns
     as_model_range(images)  # NaN or infinite values raise here
-    classifier = load_or_train_classifier(
-        data,
-        images.shape[1],
-        images.shape[3],
-        runs_dir=runs_dir,
-        seed=seed,
-        verbose=verbose,
-    )
-    return Evaluator(
-        classifier, data, images.shape[1], images.shape[3], seed=seed
-    ).evaluate(images)
+    classifier = load_or_train_classifier(data, images.shape[1], images.shape[3], runs_dir=runs_dir, seed=seed,
+                                          verbose=verbose)
+    return Evaluator(classifier, data, images.shape[1], images.shape[3], seed=seed).evaluate(images)
 
 
 def data_of_sample_file(path, images, meta) -> str:
@@ -269,15 +203,9 @@ def data_of_sample_file(path, images, meta) -> str:
                 f"Write the file with `python -m ddpm_helpers sample --run RUN --out {path}`."
             )
         return "digits"
-    stated = (
-        meta.get("image_size"),
-        meta.get("image_size"),
-        meta.get("channels"),
-    )
+    stated = (meta.get("image_size"), meta.get("image_size"), meta.get("channels"))
     if meta.get("image_size") is not None and shape != stated:
-        raise ValueError(
-            f"{path}: its meta says {stated} images, but the images are {shape}."
-        )
+        raise ValueError(f"{path}: its meta says {stated} images, but the images are {shape}.")
     return meta.get("dataset") or "digits"
 
 
@@ -294,25 +222,12 @@ def evaluate_from_cli(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"samples:  {path} ({result.n} images, data {data!r})")
-    print(
-        "metric:   Frechet distance in the book's digit-classifier features (NOT Inception FID)"
-    )
+    print("metric:   Frechet distance in the book's digit-classifier features (NOT Inception FID)")
     print(f"FD:       {result.fd:.3f}")
-    print(
-        f"floor:    {result.floor:.3f} +- {result.floor_std:.3f} (real training vs real held-out, n = {result.n})"
-    )
-    print(
-        f"ceiling:  {result.ceiling:.3f} (clipped Gaussian noise vs real held-out)"
-    )
-    print(
-        f"ratio:    {result.ratio:.2f} (FD / floor; 1 is as good as real data)"
-    )
-    print(
-        f"confident:{100 * result.confident_share:6.1f}% of samples with p > {CONFIDENCE_THRESHOLD} "
-        f"(real held-out: {100 * result.real_confident_share:.1f}%)"
-    )
-    print(
-        "classes:  "
-        + " ".join(f"{c}:{n}" for c, n in enumerate(result.class_histogram))
-    )
+    print(f"floor:    {result.floor:.3f} +- {result.floor_std:.3f} (real training vs real held-out, n = {result.n})")
+    print(f"ceiling:  {result.ceiling:.3f} (clipped Gaussian noise vs real held-out)")
+    print(f"ratio:    {result.ratio:.2f} (FD / floor; 1 is as good as real data)")
+    print(f"confident:{100 * result.confident_share:6.1f}% of samples with p > {CONFIDENCE_THRESHOLD} "
+          f"(real held-out: {100 * result.real_confident_share:.1f}%)")
+    print("classes:  " + " ".join(f"{c}:{n}" for c, n in enumerate(result.class_histogram)))
     return 0

@@ -30,39 +30,28 @@ def is_book_build() -> bool:
     return os.environ.get(BOOK_BUILD_ENV_VAR, "").strip() not in ("", "0")
 
 
-def source_lines(
-    obj, *, start: str | None = None, stop: str | None = None
-) -> str:
+def source_lines(obj, *, start: str | None = None, stop: str | None = None) -> str:
     """The source of ``obj`` without its docstring; from the first line containing ``start``
     (default: the top) to the line containing ``stop`` (included; default: the end)."""
     source = textwrap.dedent(inspect.getsource(obj))
     tree = ast.parse(source)
     node = tree.body[0]
     lines = source.splitlines()
-    doc = (
-        ast.get_docstring(node, clean=False)
-        if isinstance(
-            node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-        )
-        else None
-    )
+    doc = ast.get_docstring(node, clean=False) if isinstance(
+        node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else None
     if doc is not None:
         first = node.body[0]
-        del lines[first.lineno - 1 : first.end_lineno]
+        del lines[first.lineno - 1:first.end_lineno]
     if start is not None:
         found = [i for i, line in enumerate(lines) if start in line]
         if not found:
-            raise ValueError(
-                f"show_source: no line of {obj.__qualname__} contains {start!r}."
-            )
-        lines = lines[found[0] :]
+            raise ValueError(f"show_source: no line of {obj.__qualname__} contains {start!r}.")
+        lines = lines[found[0]:]
     if stop is not None:
         found = [i for i, line in enumerate(lines) if stop in line]
         if not found:
-            raise ValueError(
-                f"show_source: no line of {obj.__qualname__} contains {stop!r}."
-            )
-        lines = lines[: found[0] + 1]
+            raise ValueError(f"show_source: no line of {obj.__qualname__} contains {stop!r}.")
+        lines = lines[:found[0] + 1]
     return textwrap.dedent("\n".join(lines)).strip("\n")
 
 
@@ -79,9 +68,7 @@ def html_table(header, rows):
     from IPython.display import HTML
 
     def cells(tag, row):
-        return "".join(
-            f"<{tag}>{html.escape(str(cell))}</{tag}>" for cell in row
-        )
+        return "".join(f"<{tag}>{html.escape(str(cell))}</{tag}>" for cell in row)
 
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
     return HTML(f"<table><tr>{cells('th', header)}</tr>{body}</table>")
@@ -98,9 +85,7 @@ def glue(name: str, value, fmt: str | None = None) -> None:
     shown = format(value, fmt) if fmt else value
     try:
         from myst_nb import glue as myst_glue
-    except (
-        ImportError
-    ):  # Colab: myst-nb is not installed, and the prose is not rendered there
+    except ImportError:  # Colab: myst-nb is not installed, and the prose is not rendered there
         return
     myst_glue(name, shown, display=False)
 
@@ -112,15 +97,8 @@ class ProgressBar:
     ``enabled=False`` shows nothing at all.
     """
 
-    def __init__(
-        self,
-        total: int,
-        *,
-        unit: str = "step",
-        label: str | None = None,
-        enabled: bool = True,
-        stateful_metrics=None,
-    ):
+    def __init__(self, total: int, *, unit: str = "step", label: str | None = None,
+                 enabled: bool = True, stateful_metrics=None):
         self.total, self.unit, self.label = int(total), unit, label
         self.enabled, self.quiet = enabled, is_book_build()
         self.began, self.values, self.bar = time.perf_counter(), [], None
@@ -142,12 +120,9 @@ class ProgressBar:
             if self.label:
                 print(self.label)
             interactive = hasattr(sys.stdout, "isatty") and sys.stdout.isatty()
-            self.bar = keras.utils.Progbar(
-                self.total,
-                unit_name=self.unit,
-                interval=0.5 if interactive else 5.0,
-                stateful_metrics=self.stateful_metrics,
-            )
+            self.bar = keras.utils.Progbar(self.total, unit_name=self.unit,
+                                           interval=0.5 if interactive else 5.0,
+                                           stateful_metrics=self.stateful_metrics)
         self.bar.update(current, self.values, finalize=finalize)
         if finalize:
             self.closed = True
@@ -159,10 +134,6 @@ class ProgressBar:
         self.closed = True
         if self.quiet:
             seconds = time.perf_counter() - self.began
-            extra = "".join(
-                f", {name} {value:.4g}" for name, value in self.values
-            )
+            extra = "".join(f", {name} {value:.4g}" for name, value in self.values)
             label = f"{self.label}: " if self.label else ""
-            print(
-                f"{label}{self.total} {self.unit}s in {seconds:.0f} s{extra}"
-            )
+            print(f"{label}{self.total} {self.unit}s in {seconds:.0f} s{extra}")

@@ -12,9 +12,7 @@ import numpy as np
 
 def to_display_range(images) -> np.ndarray:
     """Map images from the model's range [-1, 1] to [0, 1] for display, clipping overshoot."""
-    return np.clip(
-        (np.asarray(images, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0
-    )
+    return np.clip((np.asarray(images, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
 
 
 def to_uint8(images) -> np.ndarray:
@@ -33,15 +31,8 @@ def to_uint8(images) -> np.ndarray:
     return np.round(to_display_range(images) * 255.0).astype(np.uint8)
 
 
-def show_image_grid(
-    images,
-    *,
-    columns: int | None = None,
-    row_titles=None,
-    column_titles=None,
-    size: float = 1.2,
-    ax_title: str | None = None,
-):
+def show_image_grid(images, *, columns: int | None = None, row_titles=None, column_titles=None,
+                    size: float = 1.2, ax_title: str | None = None):
     """Draw images (N, H, W, C) in [-1, 1] as a grid and return the matplotlib figure.
 
     ``columns`` defaults to a near-square grid. One-channel images are drawn in grey.
@@ -51,15 +42,11 @@ def show_image_grid(
 
     images = to_display_range(images)
     if images.ndim != 4:
-        raise ValueError(
-            f"Expected images of shape (N, H, W, C), got {images.shape}."
-        )
+        raise ValueError(f"Expected images of shape (N, H, W, C), got {images.shape}.")
     count = images.shape[0]
     columns = columns or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / columns))
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(size * columns, size * rows), squeeze=False
-    )
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])

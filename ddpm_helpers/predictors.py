@@ -24,19 +24,10 @@ class NoisePredictor:
     ``labels`` int32 (B,) or None. See the module docstring for ``owner``, ``key`` and ``args``.
     """
 
-    def __init__(
-        self, fn, *, owner, key=(), args=(), conditional: bool = False, **info
-    ):
-        self.fn, self.owner, self.key, self.args = (
-            fn,
-            owner,
-            tuple(key),
-            tuple(args),
-        )
+    def __init__(self, fn, *, owner, key=(), args=(), conditional: bool = False, **info):
+        self.fn, self.owner, self.key, self.args = fn, owner, tuple(key), tuple(args)
         self.conditional = bool(conditional)
-        self.__dict__.update(
-            info
-        )  # e.g. model, guidance_scale, limit: for the reader
+        self.__dict__.update(info)  # e.g. model, guidance_scale, limit: for the reader
 
     def __call__(self, x, t, labels=None):
         return self.fn(x, t, labels, *self.args)
@@ -67,9 +58,7 @@ def _call_model(model, conditional: bool):
                 )
             return model([x, t, labels], training=False)
         if labels is not None:
-            raise ValueError(
-                "This model is unconditional (it takes [x, t]): do not pass labels."
-            )
+            raise ValueError("This model is unconditional (it takes [x, t]): do not pass labels.")
         return model([x, t], training=False)
 
     return predict_noise
@@ -80,12 +69,8 @@ def _takes_labels(fn) -> bool:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
         return False
-    kinds = [
-        p.kind
-        for p in parameters
-        if p.kind
-        in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
+    kinds = [p.kind for p in parameters
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
     return len(kinds) >= 3 or inspect.Parameter.VAR_POSITIONAL in kinds
 
 
@@ -103,29 +88,19 @@ def as_noise_predictor(model_or_fn) -> NoisePredictor:
         return model_or_fn
     if _is_keras_model(model_or_fn):
         conditional = _model_takes_labels(model_or_fn)
-        return NoisePredictor(
-            _call_model(model_or_fn, conditional),
-            owner=model_or_fn,
-            conditional=conditional,
-            model=model_or_fn,
-        )
+        return NoisePredictor(_call_model(model_or_fn, conditional), owner=model_or_fn,
+                              conditional=conditional, model=model_or_fn)
     if not callable(model_or_fn):
-        raise ValueError(
-            f"Expected a Keras model or a function predict_noise(x, t), got "
-            f"{type(model_or_fn).__name__}."
-        )
+        raise ValueError(f"Expected a Keras model or a function predict_noise(x, t), got "
+                         f"{type(model_or_fn).__name__}.")
     fn = model_or_fn
     if _takes_labels(fn):
-        return NoisePredictor(
-            lambda x, t, labels: fn(x, t, labels), owner=fn, conditional=True
-        )
+        return NoisePredictor(lambda x, t, labels: fn(x, t, labels), owner=fn, conditional=True)
 
     def without_labels(x, t, labels):
         if labels is not None:
-            raise ValueError(
-                "This noise predictor takes (x, t) only: do not pass labels, or give it a "
-                "third argument for them."
-            )
+            raise ValueError("This noise predictor takes (x, t) only: do not pass labels, or give it a "
+                             "third argument for them.")
         return fn(x, t)
 
     return NoisePredictor(without_labels, owner=fn)

@@ -22,9 +22,7 @@ class Profile:
     name: str
     description: str
     # Data
-    dataset: (
-        str  # "digits", "mnist", "fashion_mnist", "cifar10" or "folder:PATH"
-    )
+    dataset: str  # "digits", "mnist", "fashion_mnist", "cifar10" or "folder:PATH"
     image_size: int
     channels: int
     # Diffusion (chapters "Forward and reverse process", "Noise schedules")
@@ -150,11 +148,6 @@ def get_profile(name: str | None = None) -> Profile:
         return PROFILES[name]
     except KeyError:
         valid = ", ".join(sorted(PROFILES))
-        fix = (
-            f"Set e.g. {PROFILE_ENV_VAR}=default."
-            if source != "argument"
-            else "Pass one of them, e.g. get_profile('default')."
-        )
-        raise ValueError(
-            f"Unknown profile {name!r} (from the {source}). Valid profiles: {valid}. {fix}"
-        ) from None
+        fix = (f"Set e.g. {PROFILE_ENV_VAR}=default." if source != "argument"
+               else "Pass one of them, e.g. get_profile('default').")
+        raise ValueError(f"Unknown profile {name!r} (from the {source}). Valid profiles: {valid}. {fix}") from None

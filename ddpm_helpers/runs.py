@@ -36,15 +36,7 @@ RUNS_DIR_ENV_VAR = "DDPM_RUNS_DIR"
 NON_TRAINING_FIELDS = ("description", "num_eval_samples", "checkpoint_every")
 # Settings a resumed run may change (a note says what changed): they steer the rest of training
 # but not what the checkpoint's weights mean.
-TRAINING_ONLY = (
-    "profile.learning_rate",
-    "profile.train_steps",
-    "steps",
-    "seed",
-    "lr_schedule",
-    "xla",
-    "precision",
-)
+TRAINING_ONLY = ("profile.learning_rate", "profile.train_steps", "steps", "seed", "lr_schedule", "xla", "precision")
 
 
 def _plain(value):
@@ -57,18 +49,8 @@ def _plain(value):
     return value
 
 
-def make_config(
-    profile,
-    *,
-    data_spec: str,
-    data_fingerprint: str,
-    steps: int,
-    seed: int,
-    num_classes: int | None,
-    label_dropout: float,
-    lr_schedule: str,
-    xla: bool | None = None,
-) -> dict:
+def make_config(profile, *, data_spec: str, data_fingerprint: str, steps: int, seed: int,
+                num_classes: int | None, label_dropout: float, lr_schedule: str, xla: bool | None = None) -> dict:
     """The JSON-able description of a run; runs whose :func:`config_identity` agree are interchangeable."""
     import keras
     import tensorflow as tf
@@ -90,25 +72,15 @@ def make_config(
         "xla": None if xla is None else bool(xla),
         "precision": "float32",  # the Keras dtype policy of the computation (the weights are float32)
         "changes": [],  # training-only settings changed on resume: [{"step": s, "seed": [old, new]}, ...]
-        "versions": {
-            "ddpm_helpers": __version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": sys.version.split()[0],
-        },
+        "versions": {"ddpm_helpers": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "python": sys.version.split()[0]},
     }
 
 
 def config_identity(config: dict) -> dict:
     """The parts of a config that decide the trained weights (versions and descriptions left out)."""
-    identity = {
-        k: v for k, v in config.items() if k not in ("versions", "replicas")
-    }
-    identity["profile"] = {
-        k: v
-        for k, v in config.get("profile", {}).items()
-        if k not in NON_TRAINING_FIELDS
-    }
+    identity = {k: v for k, v in config.items() if k not in ("versions", "replicas")}
+    identity["profile"] = {k: v for k, v in config.get("profile", {}).items() if k not in NON_TRAINING_FIELDS}
     return identity
 
 
@@ -119,11 +91,7 @@ def config_differences(stored: dict, requested: dict, ignore=()) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if key == "profile":
             pa, pb = a.get(key, {}), b.get(key, {})
-            diffs += [
-                f"profile.{k}"
-                for k in sorted(set(pa) | set(pb))
-                if pa.get(k) != pb.get(k)
-            ]
+            diffs += [f"profile.{k}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
         elif a.get(key) != b.get(key):
             diffs.append(key)
     return [d for d in diffs if d not in ignore]
@@ -131,29 +99,21 @@ def config_differences(stored: dict, requested: dict, ignore=()) -> list[str]:
 
 def _value(config: dict, name: str):
     if name.startswith("profile."):
-        return config.get("profile", {}).get(name[len("profile.") :])
+        return config.get("profile", {}).get(name[len("profile."):])
     return config.get(name)
 
 
-def resume_differences(
-    stored: dict, requested: dict
-) -> tuple[list[str], dict]:
+def resume_differences(stored: dict, requested: dict) -> tuple[list[str], dict]:
     """``(refused, changed)``: settings that forbid resuming, and training-only ones that changed
     (``{name: [stored, requested]}``)."""
     diffs = config_differences(stored, requested, ignore=("changes",))
     refused = [d for d in diffs if d not in TRAINING_ONLY]
-    changed = {
-        d: [_value(stored, d), _value(requested, d)]
-        for d in diffs
-        if d in TRAINING_ONLY
-    }
+    changed = {d: [_value(stored, d), _value(requested, d)] for d in diffs if d in TRAINING_ONLY}
     return refused, changed
 
 
 def describe_changes(changed: dict) -> str:
-    return "; ".join(
-        f"{name} {old} -> {new}" for name, (old, new) in changed.items()
-    )
+    return "; ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items())
 
 
 def profile_from_dict(values: dict):
@@ -161,29 +121,18 @@ def profile_from_dict(values: dict):
     from ddpm_helpers.profiles import Profile
 
     fields = {f.name for f in dataclasses.fields(Profile)}
-    missing = sorted(
-        f.name
-        for f in dataclasses.fields(Profile)
-        if f.name not in values and f.default is dataclasses.MISSING
-    )
+    missing = sorted(f.name for f in dataclasses.fields(Profile)
+                     if f.name not in values and f.default is dataclasses.MISSING)
     if missing:
-        raise ValueError(
-            f"The stored profile lacks the field(s) {', '.join(missing)}; retrain this run."
-        )
-    kwargs = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in values.items()
-        if k in fields
-    }
+        raise ValueError(f"The stored profile lacks the field(s) {', '.join(missing)}; retrain this run.")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
     return Profile(**kwargs)
 
 
 def _atomic_write_bytes(path: Path, payload: bytes):
     """Write ``payload`` to ``path`` so that readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
@@ -198,10 +147,7 @@ def _atomic_write_bytes(path: Path, payload: bytes):
 
 
 def write_config(run_dir, config: dict):
-    _atomic_write_bytes(
-        Path(run_dir) / CONFIG_FILE,
-        (json.dumps(config, indent=2) + "\n").encode(),
-    )
+    _atomic_write_bytes(Path(run_dir) / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def read_config(run_dir) -> dict:
@@ -245,15 +191,11 @@ def move_aside(run_dir, reason: str) -> Path:
     while (target := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
         n += 1
     run_dir.rename(target)
-    print(
-        f"Moved the run in {run_dir} aside to {target} ({reason}); delete it when you no longer need it."
-    )
+    print(f"Moved the run in {run_dir} aside to {target} ({reason}); delete it when you no longer need it.")
     return target
 
 
-def prepare_run_dir(
-    run_dir: Path, config: dict, resume: bool, steps: int, xla_min_steps: int
-) -> int:
+def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_min_steps: int) -> int:
     """The step a run starts from: 0 for a new run (a run already in ``run_dir`` is moved aside), else
     that of the newest checkpoint, if ``resume`` and the stored configuration allows it (a note says
     which training-only settings changed). Completes ``config``: ``xla`` (default: the resumed run's,
@@ -262,10 +204,8 @@ def prepare_run_dir(
     if resume:
         problem = stale_reason(run_dir)
         if problem:
-            raise ValueError(
-                f"Cannot resume {run_dir}: {problem}. Train it afresh without --resume / resume=True "
-                f"(the old run is then moved aside, not deleted)."
-            )
+            raise ValueError(f"Cannot resume {run_dir}: {problem}. Train it afresh without --resume / resume=True "
+                             f"(the old run is then moved aside, not deleted).")
         from ddpm_helpers.checkpoints import latest_checkpoint
 
         found = latest_checkpoint(run_dir)
@@ -285,20 +225,11 @@ def prepare_run_dir(
     if refused:
         raise ValueError(
             f"Cannot resume {run_dir}: it was trained with a different model, data or schedule ({', '.join(refused)}). "
-            "Resume with those settings as they were, or train afresh (without --resume) into another folder."
-        )
+            "Resume with those settings as they were, or train afresh (without --resume) into another folder.")
     if found[0] > steps:
-        raise ValueError(
-            f"{run_dir} already holds {found[0]} steps, more than the {steps} requested."
-        )
-    config["changes"] = list(stored.get("changes", [])) + (
-        [{"step": found[0], **changed}] if changed else []
-    )
-    note = (
-        f" with changed training settings: {describe_changes(changed)}"
-        if changed
-        else ""
-    )
+        raise ValueError(f"{run_dir} already holds {found[0]} steps, more than the {steps} requested.")
+    config["changes"] = list(stored.get("changes", [])) + ([{"step": found[0], **changed}] if changed else [])
+    note = f" with changed training settings: {describe_changes(changed)}" if changed else ""
     if "xla" in changed:
         note += " (XLA rounds differently: from here on the run matches neither setting's uninterrupted run exactly)"
     print(f"Resuming {run_dir} at step {found[0]} of {steps}{note}.")
@@ -309,17 +240,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")
 
 
-def run_name(
-    profile,
-    *,
-    data=None,
-    steps=None,
-    seed=None,
-    num_classes=None,
-    label_dropout=0.0,
-    lr_schedule="seed",
-    **_ignored,
-) -> str:
+def run_name(profile, *, data=None, steps=None, seed=None, num_classes=None, label_dropout=0.0,
+             lr_schedule="seed", **_ignored) -> str:
     """The folder name of a run under the runs directory: the profile's name, plus a suffix for
     every setting that differs from the profile's defaults (so a variant never overwrites the
     book's run). E.g. ``default``, ``default-cond10-drop0.1``, ``default-steps200``.
@@ -329,27 +251,14 @@ def run_name(
     parts = [profile.name]
     registered = PROFILES.get(profile.name)
     if registered is not None and registered != profile:
-        changed = [
-            f
-            for f in dataclasses.fields(profile)
-            if getattr(profile, f.name) != getattr(registered, f.name)
-            and f.name not in NON_TRAINING_FIELDS
-        ]
+        changed = [f for f in dataclasses.fields(profile) if getattr(profile, f.name) != getattr(registered, f.name)
+                   and f.name not in NON_TRAINING_FIELDS]
         if changed:
-            text = "-".join(
-                f"{f.name}={getattr(profile, f.name)}" for f in changed
-            )
+            text = "-".join(f"{f.name}={getattr(profile, f.name)}" for f in changed)
             text = _slug(text.replace(" ", ""))
-            parts.append(
-                text
-                if len(text) <= 40
-                else hashlib.sha256(text.encode()).hexdigest()[:10]
-            )
+            parts.append(text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10])
     if num_classes:
-        parts.append(
-            f"cond{int(num_classes)}"
-            + (f"-drop{label_dropout:g}" if label_dropout else "")
-        )
+        parts.append(f"cond{int(num_classes)}" + (f"-drop{label_dropout:g}" if label_dropout else ""))
     if data is not None and isinstance(data, str) and data != profile.dataset:
         parts.append("data-" + _slug(data.replace("folder:", "")))
     elif data is not None and not isinstance(data, str):

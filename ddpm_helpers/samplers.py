@@ -18,11 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from ddpm_helpers.diffusion import (
-    predict_noise_from_x0,
-    predict_x0_from_noise,
-    q_posterior,
-)
+from ddpm_helpers.diffusion import predict_noise_from_x0, predict_x0_from_noise, q_posterior
 
 VARIANCES = ("beta_tilde", "beta")
 
@@ -33,30 +29,19 @@ def step_noise(seed, stream, step, shape, timesteps: int):
     ``stream`` separates batches of one request; position ``timesteps`` is x_T itself.
     Chapter "Sampling", Eq. (eq-p-sample).
     """
-    counter = tf.cast(stream, tf.int64) * (timesteps + 1) + tf.cast(
-        step, tf.int64
-    )
+    counter = tf.cast(stream, tf.int64) * (timesteps + 1) + tf.cast(step, tf.int64)
     key = tf.stack([tf.cast(seed, tf.int64), counter])
     # Not tf.random.stateless_normal: under XLA it makes other numbers from the same key than the
     # plain kernel does, so samples would change with jit_compile. Random integers agree in both;
     # (k + 1/2) / 2^23 makes them uniform on (0, 1) (exact in float32, never 0 or 1), and the
     # inverse normal CDF makes those normal: the same noise with and without XLA, up to rounding.
-    bits = tf.random.stateless_uniform(
-        shape, seed=key, minval=0, maxval=2**23, dtype=tf.int32, alg="philox"
-    )
+    bits = tf.random.stateless_uniform(shape, seed=key, minval=0, maxval=2**23, dtype=tf.int32,
+                                       alg="philox")
     return tf.math.ndtri((tf.cast(bits, tf.float32) + 0.5) / 2.0**23)
 
 
-def p_mean_variance(
-    schedule,
-    predict_noise,
-    x,
-    t,
-    labels=None,
-    *,
-    clip_x0: bool = True,
-    variance: str = "beta_tilde",
-):
+def p_mean_variance(schedule, predict_noise, x, t, labels=None, *, clip_x0: bool = True,
+                    variance: str = "beta_tilde"):
     """Mean and variance of p_theta(x_{t-1} | x_t); returns ``(mean, variance, x0_hat, eps)``.
 
     The network predicts the noise; Eq. (eq-x0-from-eps) turns it into a guess of x_0, clipped to
@@ -69,9 +54,7 @@ def p_mean_variance(
     x0_hat = predict_x0_from_noise(schedule, x, t, eps)  # Eq. (eq-x0-from-eps)
     if clip_x0:
         x0_hat = tf.clip_by_value(x0_hat, -1.0, 1.0)  # Eq. (eq-x0-hat)
-    mean, beta_tilde, _ = q_posterior(
-        schedule, x0_hat, x, t
-    )  # Eq. (eq-posterior-mean)
+    mean, beta_tilde, _ = q_posterior(schedule, x0_hat, x, t)  # Eq. (eq-posterior-mean)
     if variance == "beta_tilde":
         var = beta_tilde
     else:
@@ -154,11 +137,8 @@ def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
     With eta = 1 and consecutive steps it is sqrt(beta_tilde_t).
     Chapter "Sampling", Eq. (eq-ddim-sigma).
     """
-    return (
-        eta
-        * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t))
-        * tf.sqrt(1.0 - alpha_bar_t / alpha_bar_prev)
-    )
+    return (eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t))
+            * tf.sqrt(1.0 - alpha_bar_t / alpha_bar_prev))
 
 
 def ddim_step(
@@ -197,11 +177,8 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
 
     Chapter "Sampling", Eq. (eq-ddim-step).
     """
-    if (
-        isinstance(steps, bool)
-        or not isinstance(steps, (int, np.integer))
-        or not 1 <= steps <= timesteps
-    ):
+    if (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+            or not 1 <= steps <= timesteps):
         raise ValueError(
             f"DDIM steps must be an integer between 1 and T = {timesteps}, got {steps!r}; e.g. steps=50."
         )
@@ -210,20 +187,8 @@ def ddim_timesteps(timesteps: int, steps: int) -> np.ndarray:
     return np.round(np.linspace(0, timesteps - 1, steps)).astype(np.int32)
 
 
-def ddim_steps(
-    schedule,
-    predict_noise,
-    x,
-    taus,
-    start,
-    stop,
-    eta,
-    seed,
-    stream,
-    labels=None,
-    *,
-    clip_x0: bool = True,
-):
+def ddim_steps(schedule, predict_noise, x, taus, start, stop, eta, seed, stream, labels=None, *,
+               clip_x0: bool = True):
     """DDIM for k = start - 1, ..., stop: from position ``taus[k]`` to ``taus[k - 1]`` (to x_0 when k = 0).
 
     ``taus`` holds the S positions visited, increasing (:func:`ddim_timesteps`).
@@ -233,22 +198,10 @@ def ddim_steps(
     for k in tf.range(start - 1, stop - 1, -1):
         t = tf.fill([tf.shape(x)[0]], taus[k])
         t_prev = tf.fill([tf.shape(x)[0]], taus[tf.maximum(k - 1, 0)])
-        alpha_bar_prev = tf.where(
-            k > 0,
-            schedule.gather("alpha_bars", t_prev, ndim=x.shape.rank),
-            1.0,
-        )  # x_0 after the last step
+        alpha_bar_prev = tf.where(k > 0, schedule.gather("alpha_bars", t_prev, ndim=x.shape.rank),
+                                  1.0)  # x_0 after the last step
         z = step_noise(seed, stream, taus[k], tf.shape(x), T)
-        x_prev = ddim_step(
-            schedule,
-            predict_noise,
-            x,
-            t,
-            alpha_bar_prev,
-            eta,
-            z,
-            labels,
-            clip_x0=clip_x0,
-        )
+        x_prev = ddim_step(schedule, predict_noise, x, t, alpha_bar_prev, eta, z, labels,
+                           clip_x0=clip_x0)
         x = tf.ensure_shape(x_prev, x.shape)
     return x

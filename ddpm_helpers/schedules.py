@@ -59,9 +59,7 @@ ARRAY_NAMES = (
 
 
 def _check_timesteps(timesteps) -> int:
-    if isinstance(timesteps, bool) or not isinstance(
-        timesteps, (int, np.integer)
-    ):
+    if isinstance(timesteps, bool) or not isinstance(timesteps, (int, np.integer)):
         raise ValueError(
             f"timesteps must be an integer number of diffusion steps (T), got {timesteps!r}; "
             "pass e.g. timesteps=1000."
@@ -85,9 +83,7 @@ def _params_for(name: str, params: dict) -> dict[str, float]:
     merged = {**defaults, **params}
     for key, value in merged.items():
         if not np.isfinite(value):
-            raise ValueError(
-                f"Parameter {key} of the {name!r} schedule must be a finite number, got {value!r}."
-            )
+            raise ValueError(f"Parameter {key} of the {name!r} schedule must be a finite number, got {value!r}.")
     return {key: float(value) for key, value in merged.items()}
 
 
@@ -106,9 +102,7 @@ def _check_beta_range(name: str, beta_start: float, beta_end: float) -> None:
 
 def _check_max_beta(name: str, max_beta: float) -> None:
     if not 0.0 < max_beta < 1.0:
-        raise ValueError(
-            f"max_beta of the {name!r} schedule must lie in (0, 1), got {max_beta}; the papers use 0.999."
-        )
+        raise ValueError(f"max_beta of the {name!r} schedule must lie in (0, 1), got {max_beta}; the papers use 0.999.")
 
 
 def betas_from_alpha_bar(
@@ -138,9 +132,7 @@ def cosine_alpha_bar(u, s: float = 0.008) -> np.ndarray:
     return f / f0
 
 
-def sigmoid_alpha_bar(
-    u, start: float = -3.0, end: float = 3.0, tau: float = 1.0
-) -> np.ndarray:
+def sigmoid_alpha_bar(u, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> np.ndarray:
     """Sigmoid schedule, continuous form (Jabri et al. 2022): 1 at u = 0, 0 at u = 1.
 
     ``(sigmoid(end / tau) - sigmoid((u (end - start) + start) / tau)) /
@@ -153,9 +145,7 @@ def sigmoid_alpha_bar(
         return 1.0 / (1.0 + np.exp(-z))
 
     v_start, v_end = sigmoid(start / tau), sigmoid(end / tau)
-    return (v_end - sigmoid((u * (end - start) + start) / tau)) / (
-        v_end - v_start
-    )
+    return (v_end - sigmoid((u * (end - start) + start) / tau)) / (v_end - v_start)
 
 
 def make_betas(name: str, timesteps: int, **params) -> np.ndarray:
@@ -173,36 +163,20 @@ def make_betas(name: str, timesteps: int, **params) -> np.ndarray:
     out-of-range parameters, and beta_end <= beta_start.
     """
     if name not in SCHEDULE_NAMES:
-        raise ValueError(
-            f"Unknown schedule {name!r}. Valid schedules: {', '.join(SCHEDULE_NAMES)}."
-        )
+        raise ValueError(f"Unknown schedule {name!r}. Valid schedules: {', '.join(SCHEDULE_NAMES)}.")
     timesteps = _check_timesteps(timesteps)
     p = _params_for(name, params)
     if name == "linear":
         _check_beta_range(name, p["beta_start"], p["beta_end"])
-        return np.linspace(
-            p["beta_start"], p["beta_end"], timesteps, dtype=np.float64
-        )
+        return np.linspace(p["beta_start"], p["beta_end"], timesteps, dtype=np.float64)
     if name == "quadratic":
         _check_beta_range(name, p["beta_start"], p["beta_end"])
-        return (
-            np.linspace(
-                math.sqrt(p["beta_start"]),
-                math.sqrt(p["beta_end"]),
-                timesteps,
-                dtype=np.float64,
-            )
-            ** 2
-        )
+        return np.linspace(math.sqrt(p["beta_start"]), math.sqrt(p["beta_end"]), timesteps, dtype=np.float64) ** 2
     if name == "cosine":
         if p["s"] < 0.0:
-            raise ValueError(
-                f"The cosine schedule's offset s must be >= 0, got s={p['s']}; the paper uses s=0.008."
-            )
+            raise ValueError(f"The cosine schedule's offset s must be >= 0, got s={p['s']}; the paper uses s=0.008.")
         _check_max_beta(name, p["max_beta"])
-        return betas_from_alpha_bar(
-            lambda u: cosine_alpha_bar(u, p["s"]), timesteps, p["max_beta"]
-        )
+        return betas_from_alpha_bar(lambda u: cosine_alpha_bar(u, p["s"]), timesteps, p["max_beta"])
     # sigmoid
     if p["end"] <= p["start"]:
         raise ValueError(
@@ -210,14 +184,10 @@ def make_betas(name: str, timesteps: int, **params) -> np.ndarray:
             "the defaults are start=-3, end=3."
         )
     if p["tau"] <= 0.0:
-        raise ValueError(
-            f"The sigmoid schedule's temperature tau must be > 0, got tau={p['tau']}."
-        )
+        raise ValueError(f"The sigmoid schedule's temperature tau must be > 0, got tau={p['tau']}.")
     _check_max_beta(name, p["max_beta"])
     return betas_from_alpha_bar(
-        lambda u: sigmoid_alpha_bar(u, p["start"], p["end"], p["tau"]),
-        timesteps,
-        p["max_beta"],
+        lambda u: sigmoid_alpha_bar(u, p["start"], p["end"], p["tau"]), timesteps, p["max_beta"]
     )
 
 
@@ -244,14 +214,10 @@ class NoiseSchedule:
     def __init__(self, betas, name: str = "custom"):
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1:
-            raise ValueError(
-                f"betas must be a 1-D array (one beta per step), got shape {betas.shape}."
-            )
+            raise ValueError(f"betas must be a 1-D array (one beta per step), got shape {betas.shape}.")
         _check_timesteps(int(betas.shape[0]))
         if not np.all(np.isfinite(betas)):
-            raise ValueError(
-                f"betas must be finite; found {int(np.sum(~np.isfinite(betas)))} NaN/inf value(s)."
-            )
+            raise ValueError(f"betas must be finite; found {int(np.sum(~np.isfinite(betas)))} NaN/inf value(s).")
         bad = np.flatnonzero((betas <= 0.0) | (betas >= 1.0))
         if bad.size:
             i = int(bad[0])
@@ -264,9 +230,7 @@ class NoiseSchedule:
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alpha_bars = np.cumprod(self.alphas)
-        if self.alpha_bars[-1] <= 0.0 or np.any(
-            np.diff(self.alpha_bars) >= 0.0
-        ):
+        if self.alpha_bars[-1] <= 0.0 or np.any(np.diff(self.alpha_bars) >= 0.0):
             raise ValueError(
                 "These betas make alpha_bar underflow to 0 or stop decreasing in float64 "
                 f"(alpha_bar_T = {float(self.alpha_bars[-1])!r}); use smaller betas or fewer steps."
@@ -275,9 +239,7 @@ class NoiseSchedule:
         self.sqrt_alphas = np.sqrt(self.alphas)
         self.sqrt_betas = np.sqrt(betas)
         self.sqrt_alpha_bars = np.sqrt(self.alpha_bars)
-        one_minus = -np.expm1(
-            np.log(self.alpha_bars)
-        )  # 1 - alpha_bar without cancellation
+        one_minus = -np.expm1(np.log(self.alpha_bars))  # 1 - alpha_bar without cancellation
         self.sqrt_one_minus_alpha_bars = np.sqrt(one_minus)
         self.sqrt_recip_alpha_bars = np.sqrt(1.0 / self.alpha_bars)
         self.sqrt_recipm1_alpha_bars = np.sqrt(one_minus / self.alpha_bars)
@@ -285,16 +247,10 @@ class NoiseSchedule:
         self.posterior_variance = betas * one_minus_prev / one_minus
         # beta_tilde_1 = 0: use beta_tilde_2 in the log so it stays finite (as DDPM's code does).
         self.posterior_log_variance_clipped = np.log(
-            np.concatenate(
-                [[self.posterior_variance[1]], self.posterior_variance[1:]]
-            )
+            np.concatenate([[self.posterior_variance[1]], self.posterior_variance[1:]])
         )
-        self.posterior_mean_coef1 = (
-            betas * np.sqrt(self.alpha_bars_prev) / one_minus
-        )
-        self.posterior_mean_coef2 = (
-            one_minus_prev * self.sqrt_alphas / one_minus
-        )
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alpha_bars_prev) / one_minus
+        self.posterior_mean_coef2 = one_minus_prev * self.sqrt_alphas / one_minus
         self.snr = self.alpha_bars / one_minus
         self.log_snr = np.log(self.alpha_bars) - np.log(one_minus)
         self._tensors: dict[str, object] = {}
@@ -321,9 +277,7 @@ class NoiseSchedule:
                 f"t must hold integer time indices in [0, {self.timesteps}), got dtype {values.dtype}; "
                 "cast it, e.g. tf.cast(t, tf.int32)."
             )
-        if values.size and (
-            values.min() < 0 or values.max() >= self.timesteps
-        ):
+        if values.size and (values.min() < 0 or values.max() >= self.timesteps):
             raise ValueError(
                 f"t must lie in [0, T) = [0, {self.timesteps}) (index i is the paper's step i + 1), "
                 f"got values from {values.min()} to {values.max()}."
@@ -336,20 +290,14 @@ class NoiseSchedule:
         if isinstance(array_name_or_array, str):
             name = array_name_or_array
             if name not in ARRAY_NAMES:
-                raise ValueError(
-                    f"Unknown schedule array {name!r}. Valid names: {', '.join(ARRAY_NAMES)}."
-                )
+                raise ValueError(f"Unknown schedule array {name!r}. Valid names: {', '.join(ARRAY_NAMES)}.")
             if name not in self._tensors:
                 # Create the constant eagerly, once, even when first called inside a tf.function.
                 with tf.init_scope():
-                    self._tensors[name] = tf.constant(
-                        getattr(self, name), dtype=tf.float32
-                    )
+                    self._tensors[name] = tf.constant(getattr(self, name), dtype=tf.float32)
             return self._tensors[name]
         table = tf.cast(tf.convert_to_tensor(array_name_or_array), tf.float32)
-        if table.shape.rank != 1 or (
-            table.shape[0] is not None and table.shape[0] != self.timesteps
-        ):
+        if table.shape.rank != 1 or (table.shape[0] is not None and table.shape[0] != self.timesteps):
             raise ValueError(
                 f"An array passed to gather must have shape ({self.timesteps},), got {table.shape}."
             )
@@ -371,9 +319,7 @@ class NoiseSchedule:
         table = self._table(array_name_or_array)
         if tf.is_tensor(t):
             if t.dtype.is_floating or t.dtype.is_complex or t.dtype == tf.bool:
-                raise ValueError(
-                    f"t must hold integer time indices, got dtype {t.dtype.name}; cast it with tf.cast."
-                )
+                raise ValueError(f"t must hold integer time indices, got dtype {t.dtype.name}; cast it with tf.cast.")
             if tf.executing_eagerly() and not tf.is_symbolic_tensor(t):
                 self.check_t(t.numpy())
         else:
@@ -382,9 +328,7 @@ class NoiseSchedule:
         return tf.reshape(tf.gather(table, t), [-1] + [1] * (ndim - 1))
 
 
-def make_schedule(
-    name: str = "linear", timesteps: int = 1000, **params
-) -> NoiseSchedule:
+def make_schedule(name: str = "linear", timesteps: int = 1000, **params) -> NoiseSchedule:
     """A :class:`NoiseSchedule` from a named beta schedule (see :func:`make_betas`)."""
     schedule = NoiseSchedule(make_betas(name, timesteps, **params), name=name)
     schedule.params = {**SCHEDULE_DEFAULTS[name], **params}

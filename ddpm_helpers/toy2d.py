@@ -10,8 +10,8 @@ samplers of :mod:`ddpm_helpers.sampling`) on points ``x`` of shape (B, 2) instea
   :mod:`ddpm_helpers.toy_data`;
 - :func:`build_mlp_denoiser`: a small MLP noise predictor ``model([x_t, t]) -> eps`` (or
   ``model([x_t, t, label])``) with the U-Net's sinusoidal time embedding;
-- :func:`toy_settings`: the sizes of the 2-D experiments for a profile;
-- :func:`train_toy`: the training loop around :func:`ddpm_helpers.training.make_train_step`;
+- :func:`toy_settings` and :func:`train_toy` (in :mod:`ddpm_helpers.toy_training`, importable
+  from here): the sizes of the 2-D experiments, and the training loop;
 - :func:`sliced_wasserstein`, :func:`evaluate_toy`: the quality metric and its data-vs-data floor
   (Eq. (eq-sliced-wasserstein)), from :mod:`ddpm_helpers.toy_data`;
 - :func:`clipped_noise_predictor` and :func:`cloud_animation`: sampling points, and watching them.
@@ -19,9 +19,6 @@ samplers of :mod:`ddpm_helpers.sampling`) on points ``x`` of shape (B, 2) instea
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
 
 import numpy as np
 
@@ -40,10 +37,21 @@ from ddpm_helpers.toy_data import (  # noqa: F401 (re-exported)
     sliced_wasserstein,
 )
 
+# Sizes and training live in :mod:`ddpm_helpers.toy_training`; they stay importable from here.
+_TRAINING_NAMES = ("ToySettings", "TOY_SETTINGS", "toy_settings", "ToyRun", "train_toy")
+
+
+def __getattr__(name):
+    if name in _TRAINING_NAMES:  # resolved on use, so the two modules import each other freely
+        from ddpm_helpers import toy_training
+
+        return getattr(toy_training, name)
+    raise AttributeError(f"module 'ddpm_helpers.toy2d' has no attribute {name!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # The denoiser
 # --------------------------------------------------------------------------------------------
-
 
 def build_mlp_denoiser(
     hidden: int = 64,
@@ -123,242 +131,6 @@ def build_mlp_denoiser(
 
 
 # --------------------------------------------------------------------------------------------
-# Sizes and training
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ToySettings:
-    """Sizes of the 2-D experiments (chosen per profile by :func:`toy_settings`)."""
-
-    dataset: str
-    train_points: int
-    train_steps: int
-    batch_size: int
-    learning_rate: float
-    hidden: int
-    depth: int
-    time_embedding_dim: int
-    ema_decay: float
-    num_samples: int
-    exercise_steps: (
-        int  # training steps of each exercise variant in "Your turn"
-    )
-    exercise_samples: int
-    frames: int  # snapshots of the reverse process kept for the trajectories and the animation
-    seed: int = 0
-
-    def replace(self, **changes) -> "ToySettings":
-        return dataclasses.replace(self, **changes)
-
-
-TOY_SETTINGS = {
-    "smoke": ToySettings(
-        dataset="two_moons",
-        train_points=2_000,
-        train_steps=60,
-        batch_size=128,
-        learning_rate=3e-3,
-        hidden=32,
-        depth=1,
-        time_embedding_dim=16,
-        ema_decay=0.9,
-        num_samples=200,
-        exercise_steps=30,
-        exercise_samples=200,
-        frames=11,
-    ),
-    "default": ToySettings(
-        dataset="two_moons",
-        train_points=20_000,
-        train_steps=3_000,
-        batch_size=512,
-        learning_rate=1e-2,
-        hidden=64,
-        depth=3,
-        time_embedding_dim=64,
-        ema_decay=0.995,
-        num_samples=2_000,
-        exercise_steps=700,
-        exercise_samples=2_000,
-        frames=61,
-    ),
-}
-
-
-def toy_settings(profile) -> ToySettings:
-    """The 2-D sizes for a profile (by name; profiles other than ``smoke`` use ``default``'s)."""
-    name = getattr(profile, "name", profile)
-    settings = TOY_SETTINGS.get(name, TOY_SETTINGS["default"])
-    return settings.replace(seed=int(getattr(profile, "seed", 0)))
-
-
-@dataclasses.dataclass
-class ToyRun:
-    """A trained 2-D denoiser: last weights (``model``), their EMA (``ema_model``, for sampling).
-
-    ``ema`` is the object whose ``update()`` the training step called (an
-    :class:`~ddpm_helpers.training.ExponentialMovingAverage`, or what ``make_ema`` returned).
-    """
-
-    model: object
-    ema_model: object
-    schedule: object
-    history: dict
-    seconds: float
-    steps: int
-    data: np.ndarray
-    ema: object = None
-
-    def __repr__(self) -> str:
-        return f"ToyRun({self.steps} steps in {self.seconds:.1f} s, final running loss {self.history['running_loss'][-1]:.4f})"
-
-
-def train_toy(
-    data,
-    schedule,
-    *,
-    steps: int,
-    batch_size: int = 256,
-    learning_rate: float = 3e-3,
-    loss: str = "mse",
-    ema_decay: float = 0.995,
-    seed: int = 0,
-    build_model=None,
-    lr_schedule: str = "cosine",
-    make_ema=None,
-    progress: bool = True,
-    loss_fn=None,
-    labels=None,
-    num_classes: int | None = None,
-    label_dropout: float = 0.0,
-) -> ToyRun:
-    """Train a 2-D denoiser on the points ``data`` (N, 2) with the book's training step.
-
-    Each step draws a batch of points at random (seeded by ``seed``) and calls the step of
-    :func:`ddpm_helpers.training.make_train_step`: t and the noise, ``q_sample``, the loss
-    (``loss``: ``"mse"`` or ``"huber"``, or any ``loss_fn(noise, predicted)``), Adam with the
-    ``lr_schedule`` of :func:`ddpm_helpers.training.make_learning_rate`, the EMA update.
-    ``build_model()`` returns a fresh Keras model (default: :func:`build_mlp_denoiser`); it is
-    called twice, for the trained and the EMA weights. ``make_ema(model, ema_model)`` replaces
-    the default :class:`~ddpm_helpers.training.ExponentialMovingAverage` (decay ``ema_decay``)
-    by any object with an ``update()`` method that the step calls (e.g. several averages at once);
-    it should keep an average in ``ema_model``, which the result returns as its ``ema_model``. With ``labels`` (N,) and ``num_classes`` the model is
-    class-conditional and labels are dropped to the null label with probability ``label_dropout``.
-    """
-    import keras
-    import tensorflow as tf
-
-    from ddpm_helpers.diffusion import diffusion_loss
-    from ddpm_helpers.pages import ProgressBar
-    from ddpm_helpers.training import (
-        RUNNING_LOSS_DECAY,
-        ExponentialMovingAverage,
-        make_learning_rate,
-        make_train_step,
-    )
-
-    data = np.asarray(data, dtype=np.float32)
-    if data.ndim != 2:
-        raise ValueError(
-            f"data must be points of shape (N, D), got {data.shape}."
-        )
-    if (
-        isinstance(steps, bool)
-        or not isinstance(steps, (int, np.integer))
-        or steps < 1
-    ):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    if labels is not None:
-        labels = np.asarray(labels, dtype=np.int32)
-        if labels.shape != (len(data),):
-            raise ValueError(
-                f"labels must have shape ({len(data)},), got {labels.shape}."
-            )
-        if not num_classes:
-            raise ValueError(
-                "labels need num_classes (the number of classes; num_classes is the null label)."
-            )
-    elif num_classes:
-        raise ValueError(
-            "A conditional model (num_classes) needs labels for the data."
-        )
-    if build_model is None:
-
-        def build_model():
-            return build_mlp_denoiser(
-                data_dim=data.shape[1], num_classes=num_classes
-            )
-
-    keras.utils.set_random_seed(seed)
-    model, ema_model = build_model(), build_model()
-    if make_ema is None:
-        ema = ExponentialMovingAverage(model, ema_model, ema_decay)
-        ema.reset()
-    else:
-        ema = make_ema(model, ema_model)
-    optimizer = keras.optimizers.Adam(
-        make_learning_rate(lr_schedule, learning_rate, steps)
-    )
-    loss_fn = loss_fn or diffusion_loss(loss)
-    train_step = make_train_step(
-        model,
-        optimizer,
-        schedule,
-        loss_fn,
-        ema=ema,
-        seed=seed,
-        num_classes=num_classes,
-        label_dropout=label_dropout,
-    )
-    rng = np.random.default_rng(seed)
-    bar = ProgressBar(
-        steps, unit="step", enabled=progress, stateful_metrics=["loss"]
-    )
-    history = {"step": [], "loss": [], "running_loss": []}
-    running = None
-    no_labels = tf.zeros([batch_size], tf.int32)
-    began = time.perf_counter()
-    for step in range(steps):
-        index = rng.integers(0, len(data), batch_size)
-        batch_labels = (
-            no_labels if labels is None else tf.constant(labels[index])
-        )
-        value = float(
-            train_step(
-                tf.constant(data[index]),
-                batch_labels,
-                tf.constant(step, tf.int64),
-            )
-        )
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"The loss became {value} at step {step + 1}: "
-                "lower the learning rate."
-            )
-        running = (
-            value
-            if running is None
-            else RUNNING_LOSS_DECAY * running
-            + (1 - RUNNING_LOSS_DECAY) * value
-        )
-        history["step"].append(step + 1)
-        history["loss"].append(value)
-        history["running_loss"].append(running)
-        bar.update(step + 1, [("loss", running)], finalize=step + 1 == steps)
-    return ToyRun(
-        model=model,
-        ema_model=ema_model,
-        schedule=schedule,
-        history=history,
-        seconds=time.perf_counter() - began,
-        steps=int(steps),
-        data=data,
-        ema=ema,
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # Sampling points: the sampler's x_0 clipping, for a box instead of the pixel range
 # --------------------------------------------------------------------------------------------
 
@@ -413,19 +185,8 @@ def clipped_noise_predictor(model_or_fn, schedule, limit: float = X0_LIMIT):
 # Animation of the reverse process
 # --------------------------------------------------------------------------------------------
 
-
-def cloud_animation(
-    snapshots,
-    times=None,
-    *,
-    data=None,
-    count: int = 500,
-    size: float = 3.2,
-    limit: float = 3.0,
-    interval: int = 100,
-    hold: int = 10,
-    title: str = "t = {t}",
-):
+def cloud_animation(snapshots, times=None, *, data=None, count: int = 500, size: float = 3.2, limit: float = 3.0,
+                    interval: int = 100, hold: int = 10, title: str = "t = {t}"):
     """A ``matplotlib.animation.FuncAnimation`` of a point cloud through the reverse process.
 
     ``snapshots``: (K, N, 2), e.g. ``SampleResult.snapshots`` of a 2-D sampler called with
@@ -440,14 +201,10 @@ def cloud_animation(
 
     snapshots = np.asarray(snapshots)
     if snapshots.ndim != 3 or snapshots.shape[-1] != 2:
-        raise ValueError(
-            f"snapshots must have shape (K, N, 2), got {snapshots.shape}; sample with snapshots=K."
-        )
+        raise ValueError(f"snapshots must have shape (K, N, 2), got {snapshots.shape}; sample with snapshots=K.")
     frames_total = snapshots.shape[0]
     if times is not None and len(times) != frames_total:
-        raise ValueError(
-            f"Got {len(times)} times for {frames_total} snapshots."
-        )
+        raise ValueError(f"Got {len(times)} times for {frames_total} snapshots.")
     cloud = snapshots[:, :count]
     fig, ax = plt.subplots(figsize=(size, size))
     if data is not None:
@@ -458,9 +215,7 @@ def cloud_animation(
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
-    heading = ax.set_title(
-        title.format(t=times[0]) if times is not None else "", fontsize="small"
-    )
+    heading = ax.set_title(title.format(t=times[0]) if times is not None else "", fontsize="small")
     fig.tight_layout()  # after the title is set, so that the layout leaves room for it
 
     def draw(frame):
@@ -470,7 +225,5 @@ def cloud_animation(
             heading.set_text(title.format(t=times[k]))
         return points, heading
 
-    anim = animation.FuncAnimation(
-        fig, draw, frames=frames_total + hold, interval=interval, blit=False
-    )
+    anim = animation.FuncAnimation(fig, draw, frames=frames_total + hold, interval=interval, blit=False)
     return anim, fig

@@ -17,10 +17,7 @@ import numpy as np
 
 TOY_DATASETS = ("two_moons", "swiss_roll", "eight_gaussians")
 TOY_NUM_CLASSES = {"two_moons": 2, "swiss_roll": 3, "eight_gaussians": 8}
-EIGHT_GAUSSIAN_CENTRES = 1.4 * np.stack(
-    [np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)],
-    axis=1,
-)
+EIGHT_GAUSSIAN_CENTRES = 1.4 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
 
 # Shift and scale that give the two moons mean ~0 and standard deviation ~1 in both coordinates.
 _MOONS_CENTRE = np.array([0.5, 0.25])
@@ -48,32 +45,22 @@ def make_toy_data(name: str, n: int, seed: int = 0, *, labels: bool = False):
     if name == "two_moons":
         angle = math.pi * rng.random(n)
         classes = (rng.random(n) < 0.5).astype(np.int32)
-        points = np.where(
-            classes[:, None] == 0,
-            np.stack([np.cos(angle), np.sin(angle)], axis=1),
-            np.stack([1.0 - np.cos(angle), 0.5 - np.sin(angle)], axis=1),
-        )
+        points = np.where(classes[:, None] == 0,
+                          np.stack([np.cos(angle), np.sin(angle)], axis=1),
+                          np.stack([1.0 - np.cos(angle), 0.5 - np.sin(angle)], axis=1))
         points = points + 0.05 * rng.standard_normal((n, 2))
         points = (points - _MOONS_CENTRE) / _MOONS_SCALE
     elif name == "swiss_roll":
         u = rng.random(n)
         angle = 1.5 * np.pi * (1.0 + 2.0 * u)
         classes = np.minimum((3 * u).astype(np.int32), 2)
-        points = (
-            np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1)
-            / 7.0
-            - _ROLL_CENTRE
-        )
+        points = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / 7.0 - _ROLL_CENTRE
         points += 0.05 * rng.standard_normal((n, 2))
     elif name == "eight_gaussians":
         classes = rng.integers(0, 8, n).astype(np.int32)
-        points = EIGHT_GAUSSIAN_CENTRES[classes] + 0.1 * rng.standard_normal(
-            (n, 2)
-        )
+        points = EIGHT_GAUSSIAN_CENTRES[classes] + 0.1 * rng.standard_normal((n, 2))
     else:
-        raise ValueError(
-            f"Unknown toy data set {name!r}. Valid names: {', '.join(TOY_DATASETS)}."
-        )
+        raise ValueError(f"Unknown toy data set {name!r}. Valid names: {', '.join(TOY_DATASETS)}.")
     points = points.astype(np.float32)
     return (points, classes.astype(np.int32)) if labels else points
 
@@ -85,26 +72,17 @@ def nearest_gaussian(points) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must have shape (n, 2), got {points.shape}.")
-    return (
-        cdist(points, EIGHT_GAUSSIAN_CENTRES, "sqeuclidean")
-        .argmin(axis=1)
-        .astype(np.int32)
-    )
+    return cdist(points, EIGHT_GAUSSIAN_CENTRES, "sqeuclidean").argmin(axis=1).astype(np.int32)
 
 
 # --------------------------------------------------------------------------------------------
 # Quality: sliced Wasserstein distance and its floor
 # --------------------------------------------------------------------------------------------
 
-
-def projection_directions(
-    dim: int, num_projections: int = 256, seed: int = 0
-) -> np.ndarray:
+def projection_directions(dim: int, num_projections: int = 256, seed: int = 0) -> np.ndarray:
     """``num_projections`` random unit vectors in ``dim`` dimensions, as the columns of a (dim, P) array."""
     if num_projections < 1:
-        raise ValueError(
-            f"num_projections must be at least 1, got {num_projections}."
-        )
+        raise ValueError(f"num_projections must be at least 1, got {num_projections}.")
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((dim, num_projections))
     return directions / np.linalg.norm(directions, axis=0, keepdims=True)
@@ -112,14 +90,10 @@ def projection_directions(
 
 def _sorted_projections(points, directions) -> np.ndarray:
     """(P, n): the projections of the points on each direction, sorted (one row per direction)."""
-    return np.sort(
-        directions.T @ np.asarray(points, dtype=np.float64).T, axis=1
-    )
+    return np.sort(directions.T @ np.asarray(points, dtype=np.float64).T, axis=1)
 
 
-def sliced_wasserstein(
-    a, b, num_projections: int = 256, seed: int = 0
-) -> float:
+def sliced_wasserstein(a, b, num_projections: int = 256, seed: int = 0) -> float:
     """Sliced Wasserstein-2 distance between two equally sized point clouds (n, d).
 
     ``SW_2(a, b)^2`` is the mean over random unit directions ``u`` of ``W_2^2`` between the 1-D
@@ -131,21 +105,9 @@ def sliced_wasserstein(
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(
-            f"Need two point clouds of the same shape (n, d); got {a.shape} and {b.shape}."
-        )
+        raise ValueError(f"Need two point clouds of the same shape (n, d); got {a.shape} and {b.shape}.")
     directions = projection_directions(a.shape[1], num_projections, seed)
-    return float(
-        np.sqrt(
-            np.mean(
-                (
-                    _sorted_projections(a, directions)
-                    - _sorted_projections(b, directions)
-                )
-                ** 2
-            )
-        )
-    )
+    return float(np.sqrt(np.mean((_sorted_projections(a, directions) - _sorted_projections(b, directions)) ** 2)))
 
 
 @dataclasses.dataclass
@@ -167,15 +129,11 @@ class ToyEvaluation:
     floors: list
 
     def summary(self) -> str:
-        return (
-            f"{self.name}: sliced Wasserstein {self.distance:.4f} | floor (data vs data) "
-            f"{self.floor:.4f} +- {self.floor_std:.4f} | ratio {self.ratio:.2f} | n = {self.n}"
-        )
+        return (f"{self.name}: sliced Wasserstein {self.distance:.4f} | floor (data vs data) "
+                f"{self.floor:.4f} +- {self.floor_std:.4f} | ratio {self.ratio:.2f} | n = {self.n}")
 
 
-def evaluate_toy(
-    samples, name: str, *, repeats: int = 5, seed: int = 10_000
-) -> ToyEvaluation:
+def evaluate_toy(samples, name: str, *, repeats: int = 5, seed: int = 10_000) -> ToyEvaluation:
     """Score ``samples`` (n, 2) of data set ``name`` against ``repeats`` fresh draws of the same size.
 
     Fresh data sets use seeds ``seed, seed + 1, ...`` (far from the seeds used for training), the
@@ -184,19 +142,13 @@ def evaluate_toy(
     """
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 2 or samples.shape[1] != 2:
-        raise ValueError(
-            f"samples must have shape (n, 2), got {samples.shape}."
-        )
+        raise ValueError(f"samples must have shape (n, 2), got {samples.shape}.")
     if not np.all(np.isfinite(samples)):
-        raise ValueError(
-            f"samples hold {int(np.sum(~np.isfinite(samples)))} NaN/inf values: training diverged."
-        )
+        raise ValueError(f"samples hold {int(np.sum(~np.isfinite(samples)))} NaN/inf values: training diverged.")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     n = len(samples)
-    directions = projection_directions(
-        2
-    )  # those of sliced_wasserstein's default seed
+    directions = projection_directions(2)  # those of sliced_wasserstein's default seed
 
     def distance(sorted_a, sorted_b):
         return float(np.sqrt(np.mean((sorted_a - sorted_b) ** 2)))
@@ -204,22 +156,10 @@ def evaluate_toy(
     projected = _sorted_projections(samples, directions)
     distances, floors = [], []
     for r in range(repeats):
-        fresh = _sorted_projections(
-            make_toy_data(name, n, seed=seed + 2 * r), directions
-        )
-        other = _sorted_projections(
-            make_toy_data(name, n, seed=seed + 2 * r + 1), directions
-        )
+        fresh = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r), directions)
+        other = _sorted_projections(make_toy_data(name, n, seed=seed + 2 * r + 1), directions)
         distances.append(distance(projected, fresh))
         floors.append(distance(other, fresh))
     distance, floor = float(np.mean(distances)), float(np.mean(floors))
-    return ToyEvaluation(
-        name=name,
-        n=n,
-        distance=distance,
-        floor=floor,
-        floor_std=float(np.std(floors)),
-        ratio=distance / floor,
-        distances=distances,
-        floors=floors,
-    )
+    return ToyEvaluation(name=name, n=n, distance=distance, floor=floor, floor_std=float(np.std(floors)),
+                         ratio=distance / floor, distances=distances, floors=floors)

@@ -39,14 +39,8 @@ def toy_mixture(name: str, resolution: int = 512) -> ToyMixture:
     curve's parameter. At 512 the components of the moons are about 0.01 apart, a fifth of the
     noise's standard deviation, so the sum equals the integral to far below float32 precision.
     """
-    if (
-        isinstance(resolution, bool)
-        or not isinstance(resolution, (int, np.integer))
-        or resolution < 1
-    ):
-        raise ValueError(
-            f"resolution must be a positive integer, got {resolution!r}."
-        )
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}.")
     if name == "two_moons":
         angle = np.pi * (np.arange(resolution) + 0.5) / resolution
         upper = np.stack([np.cos(angle), np.sin(angle)], axis=1)
@@ -57,23 +51,16 @@ def toy_mixture(name: str, resolution: int = 512) -> ToyMixture:
     elif name == "swiss_roll":
         count = 4 * resolution
         angle = 1.5 * np.pi * (1.0 + 2.0 * (np.arange(count) + 0.5) / count)
-        means = (
-            np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1)
-            / 7.0
-        )
+        means = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1) / 7.0
         means = means - toy2d._ROLL_CENTRE
         variances = np.full(2, 0.05**2)
     elif name == "eight_gaussians":
         means, variances = toy2d.EIGHT_GAUSSIAN_CENTRES, np.full(2, 0.1**2)
     else:
-        raise ValueError(
-            f"Unknown toy data set {name!r}. Valid names: {', '.join(toy2d.TOY_DATASETS)}."
-        )
+        raise ValueError(f"Unknown toy data set {name!r}. Valid names: {', '.join(toy2d.TOY_DATASETS)}.")
     means = np.asarray(means, dtype=np.float64)
     weights = np.full(len(means), 1.0 / len(means))
-    return ToyMixture(
-        name, means, np.asarray(variances, dtype=np.float64), weights
-    )
+    return ToyMixture(name, means, np.asarray(variances, dtype=np.float64), weights)
 
 
 def _noised(x, alpha_bar, mixture):
@@ -81,13 +68,9 @@ def _noised(x, alpha_bar, mixture):
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must be points of shape (n, 2), got {x.shape}.")
-    alpha_bar = np.broadcast_to(
-        np.asarray(alpha_bar, dtype=np.float64).reshape(-1, 1), (len(x), 1)
-    )
+    alpha_bar = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64).reshape(-1, 1), (len(x), 1))
     if np.any(alpha_bar <= 0) or np.any(alpha_bar > 1):
-        raise ValueError(
-            "alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars[t])."
-        )
+        raise ValueError("alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars[t]).")
     variances = alpha_bar * mixture.variances + (1.0 - alpha_bar)
     diff = x[:, None, :] - np.sqrt(alpha_bar)[:, None, :] * mixture.means[None]
     return variances, diff
@@ -95,11 +78,9 @@ def _noised(x, alpha_bar, mixture):
 
 def _log_components(variances, diff, mixture):
     """(n, K): log of w_k N(x; sqrt(alpha_bar) mu_k, diag(variances))."""
-    return (
-        np.log(mixture.weights)[None]
-        - 0.5 * np.sum(diff**2 / variances[:, None, :], axis=-1)
-        - 0.5 * np.sum(np.log(2 * np.pi * variances), axis=-1, keepdims=True)
-    )
+    return (np.log(mixture.weights)[None]
+            - 0.5 * np.sum(diff**2 / variances[:, None, :], axis=-1)
+            - 0.5 * np.sum(np.log(2 * np.pi * variances), axis=-1, keepdims=True))
 
 
 def mixture_log_density(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:

@@ -16,9 +16,7 @@ import time
 
 import numpy as np
 
-RNG_ALGORITHM = (
-    "philox"  # stateless RNG of the step: the same draws with and without XLA
-)
+RNG_ALGORITHM = "philox"  # stateless RNG of the step: the same draws with and without XLA
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,33 +39,19 @@ def step_keys(seed: int, step, count: int = 3):
 def _draw(keys, batch_size, image_shape, timesteps: int):
     import tensorflow as tf
 
-    t = tf.random.stateless_uniform(
-        [batch_size],
-        seed=keys[0],
-        minval=0,
-        maxval=timesteps,
-        dtype=tf.int32,
-        alg=RNG_ALGORITHM,
-    )
-    noise = tf.random.stateless_normal(
-        tf.concat([[batch_size], image_shape], 0),
-        seed=keys[1],
-        alg=RNG_ALGORITHM,
-    )
+    t = tf.random.stateless_uniform([batch_size], seed=keys[0], minval=0, maxval=timesteps, dtype=tf.int32,
+                                    alg=RNG_ALGORITHM)
+    noise = tf.random.stateless_normal(tf.concat([[batch_size], image_shape], 0), seed=keys[1], alg=RNG_ALGORITHM)
     return t, noise
 
 
-def draw_step_randomness(
-    seed: int, step, batch_size: int, image_shape, timesteps: int
-):
+def draw_step_randomness(seed: int, step, batch_size: int, image_shape, timesteps: int):
     """The time indices t (int32, (B,)) and noise ((B, H, W, C)) of training step ``step``, and the
     key left for the label dropout."""
     import tensorflow as tf
 
     keys = step_keys(seed, step)
-    t, noise = _draw(
-        keys, batch_size, tf.constant(list(image_shape), tf.int32), timesteps
-    )
+    t, noise = _draw(keys, batch_size, tf.constant(list(image_shape), tf.int32), timesteps)
     return t, noise, keys[2]
 
 
@@ -208,15 +192,9 @@ def build_models(profile, num_classes: int | None = None):
     return model, ema_model
 
 
-def build_training_state(
-    profile,
-    *,
-    num_classes,
-    lr_schedule: str,
-    steps: int,
-    strategy=None,
-    precision: str = "float32",
-):
+
+def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, strategy=None,
+                         precision: str = "float32"):
     """``(model, ema_model, optimizer, ema, rate)`` for training ``profile``'s U-Net, created in
     ``strategy``'s scope under the Keras dtype ``precision`` policy: Adam with the learning rate
     ``rate`` (Eq. (eq-seed-lr) or another :func:`~ddpm_helpers.learning_rates.make_learning_rate`
@@ -227,15 +205,9 @@ def build_training_state(
     import keras
 
     from ddpm_helpers.distribute import dtype_policy
-    from ddpm_helpers.learning_rates import (
-        ExponentialMovingAverage,
-        make_learning_rate,
-    )
+    from ddpm_helpers.learning_rates import ExponentialMovingAverage, make_learning_rate
 
-    with (
-        strategy.scope() if strategy is not None else contextlib.nullcontext(),
-        dtype_policy(precision),
-    ):
+    with strategy.scope() if strategy is not None else contextlib.nullcontext(), dtype_policy(precision):
         model, ema_model = build_models(profile, num_classes)
         rate = make_learning_rate(lr_schedule, profile.learning_rate, steps)
         optimizer = keras.optimizers.Adam(rate)
@@ -247,18 +219,8 @@ def build_training_state(
     return model, ema_model, optimizer, ema, rate
 
 
-def evaluation_loss(
-    model,
-    schedule,
-    images,
-    *,
-    loss: str = "mse",
-    labels=None,
-    num_classes: int | None = None,
-    seed: int = 1234,
-    batch_size: int = 256,
-    repeats: int = 1,
-) -> float:
+def evaluation_loss(model, schedule, images, *, loss: str = "mse", labels=None, num_classes: int | None = None,
+                    seed: int = 1234, batch_size: int = 256, repeats: int = 1) -> float:
     """The loss of ``model`` on ``images`` with fixed t and noise (keyed by ``seed``): a noise-free yardstick.
 
     Unlike the training loss, whose t and noise change every step, this number moves only when
@@ -274,34 +236,20 @@ def evaluation_loss(
     total, count = 0.0, 0
     for repeat in range(repeats):
         for start in range(0, len(images), batch_size):
-            x0 = tf.constant(images[start : start + batch_size])
+            x0 = tf.constant(images[start:start + batch_size])
             n = int(x0.shape[0])
-            t, noise, _ = draw_step_randomness(
-                seed + repeat, start, n, x0.shape[1:], schedule.timesteps
-            )
+            t, noise, _ = draw_step_randomness(seed + repeat, start, n, x0.shape[1:], schedule.timesteps)
             inputs = [q_sample(schedule, x0, t, noise), t]
             if num_classes:
-                inputs.append(
-                    tf.constant(
-                        np.asarray(
-                            labels[start : start + batch_size], np.int32
-                        )
-                    )
-                )
+                inputs.append(tf.constant(np.asarray(labels[start:start + batch_size], np.int32)))
             predicted = model(inputs, training=False)
             total += float(loss_fn(noise, predicted)) * n
             count += n
     return total / count
 
 
-def measure_step_time(
-    profile,
-    *,
-    steps: int = 3,
-    batch_size: int | None = None,
-    seed: int = 0,
-    jit_compile: bool = True,
-) -> dict:
+def measure_step_time(profile, *, steps: int = 3, batch_size: int | None = None, seed: int = 0,
+                      jit_compile: bool = True) -> dict:
     """Time the training step of ``profile``'s U-Net on random images (no data set needed).
 
     Returns ``seconds_per_step`` (the mean over ``steps`` steps after a first, compiling one),
@@ -313,38 +261,19 @@ def measure_step_time(
     import tensorflow as tf
 
     from ddpm_helpers.diffusion import diffusion_loss
-    from ddpm_helpers.learning_rates import (
-        ExponentialMovingAverage,
-        make_learning_rate,
-    )
+    from ddpm_helpers.learning_rates import ExponentialMovingAverage, make_learning_rate
     from ddpm_helpers.schedules import make_schedule
 
     batch_size = int(batch_size or profile.batch_size)
     keras.utils.set_random_seed(seed)
     model, ema_model = build_models(profile)
-    optimizer = keras.optimizers.Adam(
-        make_learning_rate("seed", profile.learning_rate, profile.train_steps)
-    )
+    optimizer = keras.optimizers.Adam(make_learning_rate("seed", profile.learning_rate, profile.train_steps))
     ema = ExponentialMovingAverage(model, ema_model, profile.ema_decay)
     schedule = make_schedule(profile.schedule, profile.timesteps)
-    train_step = make_train_step(
-        model,
-        optimizer,
-        schedule,
-        diffusion_loss(profile.loss),
-        ema=ema,
-        seed=seed,
-        jit_compile=jit_compile,
-    )
-    shape = (
-        batch_size,
-        profile.image_size,
-        profile.image_size,
-        profile.channels,
-    )
-    images = tf.random.stateless_uniform(
-        shape, seed=[seed, 1], minval=-1.0, maxval=1.0
-    )
+    train_step = make_train_step(model, optimizer, schedule, diffusion_loss(profile.loss), ema=ema, seed=seed,
+                                 jit_compile=jit_compile)
+    shape = (batch_size, profile.image_size, profile.image_size, profile.channels)
+    images = tf.random.stateless_uniform(shape, seed=[seed, 1], minval=-1.0, maxval=1.0)
     labels = tf.zeros([batch_size], tf.int32)
     began = time.perf_counter()
     float(train_step(images, labels, tf.constant(0, tf.int64)))
@@ -354,11 +283,6 @@ def measure_step_time(
         loss = train_step(images, labels, tf.constant(step, tf.int64))
     float(loss)
     per_step = (time.perf_counter() - began) / steps
-    return {
-        "seconds_per_step": per_step,
-        "compile_seconds": compile_seconds,
-        "batch_size": batch_size,
-        "steps_timed": steps,
-        "parameters": int(model.count_params()),
-        "estimated_hours": per_step * profile.train_steps / 3600.0,
-    }
+    return {"seconds_per_step": per_step, "compile_seconds": compile_seconds, "batch_size": batch_size,
+            "steps_timed": steps, "parameters": int(model.count_params()),
+            "estimated_hours": per_step * profile.train_steps / 3600.0}

@@ -9,12 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from ddpm_helpers.checkpoints import RunCheckpoint, list_checkpoints
-from ddpm_helpers.runs import (
-    CONFIG_FILE,
-    profile_from_dict,
-    read_config,
-    stale_reason,
-)
+from ddpm_helpers.runs import CONFIG_FILE, profile_from_dict, read_config, stale_reason
 from ddpm_helpers.train_step import build_models
 
 
@@ -41,9 +36,7 @@ class TrainedRun:
     train_seconds: float = float("nan")
     steps_per_second: float = float("nan")
     loaded: bool = False
-    optimizer: object = (
-        None  # the Adam optimizer after training (None for a loaded run)
-    )
+    optimizer: object = None  # the Adam optimizer after training (None for a loaded run)
 
     @property
     def complete(self) -> bool:
@@ -58,10 +51,8 @@ class TrainedRun:
         return float(self.config.get("label_dropout", 0.0))
 
     def __repr__(self) -> str:
-        return (
-            f"TrainedRun({str(self.run_dir)!r}, profile={self.profile.name!r}, step={self.step}/"
-            f"{self.config['steps']}, {'loaded' if self.loaded else 'trained'})"
-        )
+        return (f"TrainedRun({str(self.run_dir)!r}, profile={self.profile.name!r}, step={self.step}/"
+                f"{self.config['steps']}, {'loaded' if self.loaded else 'trained'})")
 
 
 def load_run(run_dir, *, checkpoint=None) -> TrainedRun:
@@ -76,52 +67,28 @@ def load_run(run_dir, *, checkpoint=None) -> TrainedRun:
     run_dir = Path(run_dir)
     problem = stale_reason(run_dir)
     if problem:
-        raise ValueError(
-            f"Cannot load {run_dir}: {problem}. Train it again (load_or_train moves it aside)."
-        )
+        raise ValueError(f"Cannot load {run_dir}: {problem}. Train it again (load_or_train moves it aside).")
     config = read_config(run_dir)
     available = list_checkpoints(run_dir)
     if not available:
         raise FileNotFoundError(
             f"{run_dir} has a {CONFIG_FILE} but no checkpoint: training never reached its first checkpoint. "
-            f"Continue it with `python -m ddpm_helpers train --out {run_dir} --resume` or train(..., resume=True)."
-        )
-    step = (
-        available[-1][0]
-        if checkpoint is None
-        else _checkpoint_step(checkpoint, available, run_dir)
-    )
+            f"Continue it with `python -m ddpm_helpers train --out {run_dir} --resume` or train(..., resume=True).")
+    step = available[-1][0] if checkpoint is None else _checkpoint_step(checkpoint, available, run_dir)
     profile = profile_from_dict(config["profile"])
     model, ema_model = build_models(profile, config.get("num_classes"))
-    _, history, meta = RunCheckpoint(
-        run_dir, model, ema_model, keep=0
-    ).restore(step)
-    return TrainedRun(
-        model=model,
-        ema_model=ema_model,
-        schedule=make_schedule(profile.schedule, profile.timesteps),
-        profile=profile,
-        history=history,
-        run_dir=run_dir,
-        config=config,
-        step=step,
-        train_seconds=float(meta.get("train_seconds") or float("nan")),
-        steps_per_second=float(meta.get("steps_per_second") or float("nan")),
-        loaded=True,
-    )
+    _, history, meta = RunCheckpoint(run_dir, model, ema_model, keep=0).restore(step)
+    return TrainedRun(model=model, ema_model=ema_model, schedule=make_schedule(profile.schedule, profile.timesteps),
+                      profile=profile, history=history, run_dir=run_dir, config=config, step=step,
+                      train_seconds=float(meta.get("train_seconds") or float("nan")),
+                      steps_per_second=float(meta.get("steps_per_second") or float("nan")), loaded=True)
 
 
 def _checkpoint_step(checkpoint, available, run_dir) -> int:
     steps = {step: path.name for step, path in available}
     text = Path(str(checkpoint)).name
     number = text.rsplit("-", 1)[-1].split(".", 1)[0]
-    if (
-        number.isdigit()
-        and int(number) in steps
-        and (text == number or text.startswith("ckpt-"))
-    ):
+    if number.isdigit() and int(number) in steps and (text == number or text.startswith("ckpt-")):
         return int(number)
-    raise FileNotFoundError(
-        f"{run_dir} has no checkpoint {checkpoint!r}; it holds "
-        f"{', '.join(steps.values())} (pass one of those names or its step number)."
-    )
+    raise FileNotFoundError(f"{run_dir} has no checkpoint {checkpoint!r}; it holds "
+                            f"{', '.join(steps.values())} (pass one of those names or its step number).")

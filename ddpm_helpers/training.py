@@ -23,100 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm_helpers.checkpoints import (
-    HISTORY_KEYS,
-    RunCheckpoint,
-    checkpoint_path,
-    latest_checkpoint,
-    list_checkpoints,
-)
-from ddpm_helpers.distribute import (
-    make_distributed_train_step,
-    make_strategy,
-    precision_policy,
-    setup_strategy,
-)
-from ddpm_helpers.learning_rates import (
-    LR_SCHEDULES,
-    ConstantLearningRate,
-    ExponentialMovingAverage,
-    SeedLearningRate,
-    learning_rates,
-    make_learning_rate,
-    seed_learning_rate,
-)
-from ddpm_helpers.runs import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    RUNS_DIR_ENV_VAR,
-    _atomic_write_bytes,
-    config_differences,
-    config_identity,
-    default_runs_dir,
-    make_config,
-    move_aside,
-    prepare_run_dir,
-    profile_from_dict,
-    read_config,
-    run_lock,
-    run_name,
-    stale_reason,
-    write_config,
-)
-from ddpm_helpers.train_step import (
-    RNG_ALGORITHM,
-    NonFiniteLossError,
-    build_models,
-    build_training_state,
-    draw_step_randomness,
-    drop_labels,
-    evaluation_loss,
-    make_train_step,
-    measure_step_time,
-    step_keys,
-)
+from ddpm_helpers.checkpoints import HISTORY_KEYS, RunCheckpoint, checkpoint_path, latest_checkpoint, list_checkpoints
+from ddpm_helpers.distribute import make_distributed_train_step, make_strategy, precision_policy, setup_strategy
+from ddpm_helpers.learning_rates import (LR_SCHEDULES, ConstantLearningRate, ExponentialMovingAverage,
+                                         SeedLearningRate, learning_rates, make_learning_rate, seed_learning_rate)
+from ddpm_helpers.runs import (CONFIG_FILE, FORMAT_VERSION, RUNS_DIR_ENV_VAR, _atomic_write_bytes, config_differences,
+                               config_identity, default_runs_dir, make_config, move_aside, prepare_run_dir,
+                               profile_from_dict, read_config, run_lock, run_name, stale_reason, write_config)
+from ddpm_helpers.train_step import (RNG_ALGORITHM, NonFiniteLossError, build_models, build_training_state,
+                                     draw_step_randomness, drop_labels, evaluation_loss, make_train_step,
+                                     measure_step_time, step_keys)
 from ddpm_helpers.trained_run import TrainedRun, load_run
 
 __all__ = [
-    "CONFIG_FILE",
-    "FORMAT_VERSION",
-    "LR_SCHEDULES",
-    "RNG_ALGORITHM",
-    "RUNS_DIR_ENV_VAR",
-    "RUNNING_LOSS_DECAY",
-    "XLA_MIN_STEPS",
-    "ConstantLearningRate",
-    "ExponentialMovingAverage",
-    "NonFiniteLossError",
-    "RunCheckpoint",
-    "make_strategy",
-    "profile_from_dict",
-    "SeedLearningRate",
-    "TrainedRun",
-    "_atomic_write_bytes",
-    "build_models",
-    "checkpoint_path",
-    "config_differences",
-    "config_identity",
-    "draw_step_randomness",
-    "drop_labels",
-    "evaluation_loss",
-    "latest_checkpoint",
-    "learning_rates",
-    "list_checkpoints",
-    "load_or_train",
-    "load_run",
-    "make_config",
-    "make_learning_rate",
-    "make_train_step",
-    "measure_step_time",
-    "profile_from_dict",
-    "read_config",
-    "run_name",
-    "seed_learning_rate",
-    "step_keys",
-    "train",
-    "write_config",
+    "CONFIG_FILE", "FORMAT_VERSION", "LR_SCHEDULES", "RNG_ALGORITHM", "RUNS_DIR_ENV_VAR", "RUNNING_LOSS_DECAY",
+    "XLA_MIN_STEPS", "ConstantLearningRate", "ExponentialMovingAverage", "NonFiniteLossError", "RunCheckpoint",
+    "make_strategy", "profile_from_dict",
+    "SeedLearningRate", "TrainedRun", "_atomic_write_bytes", "build_models", "checkpoint_path",
+    "config_differences", "config_identity", "draw_step_randomness", "drop_labels", "evaluation_loss",
+    "latest_checkpoint", "learning_rates", "list_checkpoints", "load_or_train", "load_run", "make_config",
+    "make_learning_rate", "make_train_step", "measure_step_time", "profile_from_dict", "read_config", "run_name",
+    "seed_learning_rate", "step_keys", "train", "write_config",
 ]
 
 XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see its jit_compile)
@@ -128,58 +55,30 @@ class _History:
     """The loss curve: losses stay tensors until :meth:`flush` reads them back, all at once."""
 
     def __init__(self, history: dict, rates: np.ndarray, start: int):
-        self.history, self.rates, self.start, self.pending = (
-            history,
-            rates,
-            start,
-            [],
-        )
-        self.running = (
-            history["running_loss"][-1] if history["running_loss"] else None
-        )
+        self.history, self.rates, self.start, self.pending = history, rates, start, []
+        self.running = history["running_loss"][-1] if history["running_loss"] else None
 
     def flush(self, step: int):
         import tensorflow as tf
 
-        losses = np.asarray(
-            tf.stack(self.pending) if len(self.pending) > 1 else self.pending,
-            np.float64,
-        )
+        losses = np.asarray(tf.stack(self.pending) if len(self.pending) > 1 else self.pending, np.float64)
         first = step - len(losses) + 1
         for offset, loss in enumerate(losses.tolist()):
-            self.running = (
-                loss
-                if self.running is None
-                else (
-                    RUNNING_LOSS_DECAY * self.running
-                    + (1 - RUNNING_LOSS_DECAY) * loss
-                )
-            )
+            self.running = loss if self.running is None else (
+                RUNNING_LOSS_DECAY * self.running + (1 - RUNNING_LOSS_DECAY) * loss)
             # step s (counted from 1) is Adam's iteration s - 1, which used the rate schedule(s - 1)
             lr = float(self.rates[first + offset - 1 - self.start])
-            for key, value in (
-                ("step", first + offset),
-                ("loss", loss),
-                ("running_loss", self.running),
-                ("lr", lr),
-            ):
+            for key, value in (("step", first + offset), ("loss", loss), ("running_loss", self.running), ("lr", lr)):
                 self.history[key].append(value)
         self.pending.clear()
-        return [
-            ("loss", self.history["loss"][-1]),
-            ("running_loss", self.running),
-            ("lr", self.history["lr"][-1]),
-        ]
+        return [("loss", self.history["loss"][-1]), ("running_loss", self.running), ("lr", self.history["lr"][-1])]
 
 
 class _Clock:
     """Wall time of a run (all its sessions) and its speed after the first, compiling, step."""
 
     def __init__(self, start: int, meta: dict):
-        self.start, self.previous = (
-            start,
-            float(meta.get("train_seconds") or 0.0),
-        )
+        self.start, self.previous = start, float(meta.get("train_seconds") or 0.0)
         self.began, self.timed_from = time.perf_counter(), None
 
     def compiled(self) -> float:
@@ -190,28 +89,15 @@ class _Clock:
         """What a checkpoint records besides the weights: the data position, the times."""
         now, timed = time.perf_counter(), step - self.start - 1
         epoch, batch = divmod(step, steps_per_epoch)
-        return {
-            "seed": seed,
-            "epoch": epoch,
-            "batch_in_epoch": batch,
-            "steps_per_epoch": steps_per_epoch,
-            "train_seconds": self.previous + now - self.began,
-            "steps_per_second": timed / (now - self.timed_from)
-            if timed
-            else None,
-        }
+        return {"seed": seed, "epoch": epoch, "batch_in_epoch": batch, "steps_per_epoch": steps_per_epoch,
+                "train_seconds": self.previous + now - self.began,
+                "steps_per_second": timed / (now - self.timed_from) if timed else None}
 
 
 def _non_finite_error(train_step, steps, run_dir, last_saved):
-    bad, what = (
-        int(train_step.bad_step),
-        ("loss" if int(train_step.bad_what) == 1 else "a gradient"),
-    )
-    kept = (
-        f"the last good checkpoint is {checkpoint_path(run_dir, last_saved)} (step {last_saved})"
-        if last_saved is not None
-        else "no checkpoint had been written yet"
-    )
+    bad, what = int(train_step.bad_step), ("loss" if int(train_step.bad_what) == 1 else "a gradient")
+    kept = (f"the last good checkpoint is {checkpoint_path(run_dir, last_saved)} (step {last_saved})"
+            if last_saved is not None else "no checkpoint had been written yet")
     return NonFiniteLossError(
         f"Training stopped: {what} became NaN or infinite at step {bad} of {steps} (run {run_dir}). No update was "
         f"applied from that step on and nothing was saved after it; {kept}. Lower the learning rate "
@@ -230,34 +116,16 @@ def _next_batch(batches, source):
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
         bad = find_unreadable_images(source.files) if source.files else []
         if bad:
-            raise unreadable_error(
-                source.name[len("folder:") :], bad, source.count
-            ) from error
+            raise unreadable_error(source.name[len("folder:"):], bad, source.count) from error
         raise
 
 
-def train(
-    profile=None,
-    run_dir=None,
-    *,
-    steps: int | None = None,
-    resume: bool = False,
-    data=None,
-    seed: int | None = None,
-    progress: bool = True,
-    num_classes: int | None = None,
-    label_dropout: float = 0.0,
-    lr_schedule: str = "seed",
-    learning_rate: float | None = None,
-    checkpoint_every: int | None = None,
-    keep_checkpoints: int = 2,
-    jit_compile: bool | None = None,
-    loss_fn=None,
-    on_step=None,
-    strategy=None,
-    replicas: int | None = None,
-    mixed_precision: bool = False,
-) -> TrainedRun:
+def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool = False, data=None,
+          seed: int | None = None, progress: bool = True, num_classes: int | None = None,
+          label_dropout: float = 0.0, lr_schedule: str = "seed", learning_rate: float | None = None,
+          checkpoint_every: int | None = None, keep_checkpoints: int = 2, jit_compile: bool | None = None,
+          loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
+          mixed_precision: bool = False) -> TrainedRun:
     """Train the profile's U-Net as a DDPM and write checkpoints and ``config.json`` to ``run_dir``.
 
     - ``steps`` (default ``profile.train_steps``), ``seed`` (default ``profile.seed``), ``data``
@@ -298,114 +166,48 @@ def train(
     from ddpm_helpers.schedules import make_schedule
 
     profile = get_profile() if profile is None else profile
-    profile = (
-        profile
-        if learning_rate is None
-        else profile.replace(learning_rate=float(learning_rate))
-    )
-    run_dir = (
-        Path(run_dir)
-        if run_dir is not None
-        else default_runs_dir() / run_name(profile)
-    )
+    profile = profile if learning_rate is None else profile.replace(learning_rate=float(learning_rate))
+    run_dir = Path(run_dir) if run_dir is not None else default_runs_dir() / run_name(profile)
     steps = int(profile.train_steps if steps is None else steps)
     seed = int(profile.seed if seed is None else seed)
     checkpoint_every = int(checkpoint_every or profile.checkpoint_every)
     _check_settings(steps, num_classes, label_dropout, lr_schedule)
-    source, config = _source_and_config(
-        profile,
-        data,
-        steps=steps,
-        seed=seed,
-        num_classes=num_classes,
-        label_dropout=label_dropout,
-        lr_schedule=lr_schedule,
-        xla=jit_compile,
-    )
+    source, config = _source_and_config(profile, data, steps=steps, seed=seed, num_classes=num_classes,
+                                        label_dropout=label_dropout, lr_schedule=lr_schedule, xla=jit_compile)
 
     strategy = setup_strategy(strategy, replicas, profile.batch_size, config)
     config["precision"] = precision_policy(mixed_precision, strategy)
-    keras.utils.set_random_seed(
-        seed
-    )  # the initial weights (and, with make_pipeline's seeds, the data order)
+    keras.utils.set_random_seed(seed)  # the initial weights (and, with make_pipeline's seeds, the data order)
     model, ema_model, optimizer, ema, rate = build_training_state(
-        profile,
-        num_classes=num_classes,
-        lr_schedule=lr_schedule,
-        steps=steps,
-        strategy=strategy,
-        precision=config["precision"],
-    )
+        profile, num_classes=num_classes, lr_schedule=lr_schedule, steps=steps, strategy=strategy,
+        precision=config["precision"])
     start = prepare_run_dir(run_dir, config, resume, steps, XLA_MIN_STEPS)
-    checkpoint = RunCheckpoint(
-        run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints
-    )
-    _, history, meta = (
-        checkpoint.restore(start)
-        if start
-        else (0, {key: [] for key in HISTORY_KEYS}, {})
-    )
+    checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints)
+    _, history, meta = checkpoint.restore(start) if start else (0, {key: [] for key in HISTORY_KEYS}, {})
     checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
     write_config(run_dir, config)
 
     schedule = make_schedule(profile.schedule, profile.timesteps)
-    step_options = dict(
-        ema=ema,
-        seed=seed,
-        num_classes=num_classes,
-        label_dropout=label_dropout,
-    )
+    step_options = dict(ema=ema, seed=seed, num_classes=num_classes, label_dropout=label_dropout)
     if strategy is None:
-        train_step = make_train_step(
-            model,
-            optimizer,
-            schedule,
-            loss_fn or diffusion_loss(profile.loss),
-            jit_compile=config["xla"],
-            **step_options,
-        )
+        train_step = make_train_step(model, optimizer, schedule, loss_fn or diffusion_loss(profile.loss),
+                                     jit_compile=config["xla"], **step_options)
     else:
-        train_step = make_distributed_train_step(
-            strategy,
-            model,
-            optimizer,
-            schedule,
-            loss_fn or diffusion_loss(profile.loss),
-            **step_options,
-        )
-    batches = iterate_batches(
-        source, profile.batch_size, seed=seed, start_step=start
-    )
+        train_step = make_distributed_train_step(strategy, model, optimizer, schedule,
+                                                 loss_fn or diffusion_loss(profile.loss), **step_options)
+    batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
     curve = _History(history, learning_rates(rate, start, steps), start)
-    clock, last_saved, bar, last_flush = (
-        _Clock(start, meta),
-        start or None,
-        None,
-        0.0,
-    )
+    clock, last_saved, bar, last_flush = _Clock(start, meta), start or None, None, 0.0
 
     for step in range(start + 1, steps + 1):
         images, labels = _next_batch(batches, source)
-        curve.pending.append(
-            train_step(images, labels, tf.constant(step - 1, tf.int64))
-        )
+        curve.pending.append(train_step(images, labels, tf.constant(step - 1, tf.int64)))
         if bar is None:  # the first step traced and compiled the graph
             curve.pending[-1].numpy()
-            bar = ProgressBar(
-                steps,
-                label=f"training {run_dir.name}: compiled the step in {clock.compiled():.1f} s",
-                enabled=progress,
-                stateful_metrics=["loss", "running_loss", "lr"],
-            )
+            bar = ProgressBar(steps, label=f"training {run_dir.name}: compiled the step in {clock.compiled():.1f} s",
+                              enabled=progress, stateful_metrics=["loss", "running_loss", "lr"])
         saving = step % checkpoint_every == 0 or step == steps
-        if (
-            saving
-            or on_step is not None
-            or (
-                progress
-                and time.perf_counter() - last_flush > PROGRESS_SECONDS
-            )
-        ):
+        if saving or on_step is not None or (progress and time.perf_counter() - last_flush > PROGRESS_SECONDS):
             if int(train_step.bad_step):
                 raise _non_finite_error(train_step, steps, run_dir, last_saved)
             bar.update(step, curve.flush(step))
@@ -413,25 +215,14 @@ def train(
             if on_step is not None:
                 on_step(step, curve.history["loss"][-1])
         if saving:
-            meta = clock.meta(
-                step, seed, source.steps_per_epoch(profile.batch_size)
-            )
+            meta = clock.meta(step, seed, source.steps_per_epoch(profile.batch_size))
             checkpoint.save(step, curve.history, meta)
             last_saved = step
 
-    return TrainedRun(
-        model=model,
-        ema_model=ema_model,
-        schedule=schedule,
-        profile=profile,
-        history=curve.history,
-        run_dir=run_dir,
-        config=config,
-        step=max(start, steps),
-        train_seconds=float(meta.get("train_seconds") or 0.0),
-        steps_per_second=meta.get("steps_per_second") or float("nan"),
-        optimizer=optimizer,
-    )
+    return TrainedRun(model=model, ema_model=ema_model, schedule=schedule, profile=profile, history=curve.history,
+                      run_dir=run_dir, config=config, step=max(start, steps),
+                      train_seconds=float(meta.get("train_seconds") or 0.0),
+                      steps_per_second=meta.get("steps_per_second") or float("nan"), optimizer=optimizer)
 
 
 def _source_and_config(profile, data, *, num_classes, **settings):
@@ -439,28 +230,13 @@ def _source_and_config(profile, data, *, num_classes, **settings):
     from ddpm_helpers.data import load_data
 
     data_spec = profile.dataset if data is None else data
-    source = load_data(
-        data_spec, profile.image_size, profile.channels, split="train"
-    )
+    source = load_data(data_spec, profile.image_size, profile.channels, split="train")
     if num_classes and source.num_classes is None:
-        raise ValueError(
-            f"A conditional model (num_classes={num_classes}) needs labelled data; {source.name!r} has none."
-        )
-    if (
-        num_classes
-        and source.num_classes is not None
-        and source.num_classes > num_classes
-    ):
-        raise ValueError(
-            f"The data has {source.num_classes} classes but num_classes={num_classes}."
-        )
-    config = make_config(
-        profile,
-        data_spec=data_spec if isinstance(data_spec, str) else source.name,
-        data_fingerprint=source.fingerprint,
-        num_classes=num_classes,
-        **settings,
-    )
+        raise ValueError(f"A conditional model (num_classes={num_classes}) needs labelled data; {source.name!r} has none.")
+    if num_classes and source.num_classes is not None and source.num_classes > num_classes:
+        raise ValueError(f"The data has {source.num_classes} classes but num_classes={num_classes}.")
+    config = make_config(profile, data_spec=data_spec if isinstance(data_spec, str) else source.name,
+                         data_fingerprint=source.fingerprint, num_classes=num_classes, **settings)
     return source, config
 
 
@@ -468,17 +244,11 @@ def _check_settings(steps, num_classes, label_dropout, lr_schedule):
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(
-            f"label_dropout must lie in [0, 1), got {label_dropout}."
-        )
+        raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}.")
     if label_dropout and not num_classes:
-        raise ValueError(
-            "label_dropout needs a conditional model: pass num_classes too."
-        )
+        raise ValueError("label_dropout needs a conditional model: pass num_classes too.")
     if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(
-            f"Unknown learning-rate schedule {lr_schedule!r}. Valid: {', '.join(LR_SCHEDULES)}."
-        )
+        raise ValueError(f"Unknown learning-rate schedule {lr_schedule!r}. Valid: {', '.join(LR_SCHEDULES)}.")
 
 
 def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
@@ -504,54 +274,28 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
         if reason is None and (run_dir / CONFIG_FILE).exists():
             data = train_kwargs.get("data")
             data_spec = profile.dataset if data is None else data
-            source = load_data(
-                data_spec, profile.image_size, profile.channels, split="train"
-            )
+            source = load_data(data_spec, profile.image_size, profile.channels, split="train")
             requested = make_config(
-                profile,
-                data_spec=data_spec
-                if isinstance(data_spec, str)
-                else source.name,
-                data_fingerprint=source.fingerprint,
-                steps=int(train_kwargs.get("steps") or profile.train_steps),
-                seed=int(
-                    profile.seed
-                    if train_kwargs.get("seed") is None
-                    else train_kwargs["seed"]
-                ),
-                num_classes=train_kwargs.get("num_classes"),
-                label_dropout=float(train_kwargs.get("label_dropout", 0.0)),
-                lr_schedule=train_kwargs.get("lr_schedule", "seed"),
-            )
+                profile, data_spec=data_spec if isinstance(data_spec, str) else source.name,
+                data_fingerprint=source.fingerprint, steps=int(train_kwargs.get("steps") or profile.train_steps),
+                seed=int(profile.seed if train_kwargs.get("seed") is None else train_kwargs["seed"]),
+                num_classes=train_kwargs.get("num_classes"), label_dropout=float(train_kwargs.get("label_dropout", 0.0)),
+                lr_schedule=train_kwargs.get("lr_schedule", "seed"))
             stored = read_config(run_dir)
-            ignore = (
-                ("xla",) if train_kwargs.get("jit_compile") is None else ()
-            )
-            requested["xla"] = (
-                stored.get("xla")
-                if ignore
-                else bool(train_kwargs["jit_compile"])
-            )
+            ignore = ("xla",) if train_kwargs.get("jit_compile") is None else ()
+            requested["xla"] = stored.get("xla") if ignore else bool(train_kwargs["jit_compile"])
             diffs = config_differences(stored, requested, ignore=ignore)
             found = latest_checkpoint(run_dir)
             if diffs:
                 reason = f"it was trained with a different configuration ({', '.join(diffs)})"
             elif found is None or found[0] < requested["steps"]:
-                print(
-                    f"Training: {run_dir} is incomplete ({0 if found is None else found[0]} of "
-                    f"{requested['steps']} steps)."
-                )
+                print(f"Training: {run_dir} is incomplete ({0 if found is None else found[0]} of "
+                      f"{requested['steps']} steps).")
                 resume = found is not None
             else:
                 run = load_run(run_dir)
-                speed = (
-                    f", {run.steps_per_second:.1f} steps/s"
-                    if math.isfinite(run.steps_per_second)
-                    else ""
-                )
-                print(
-                    f"Loaded {run_dir}: {run.step} steps, trained in {run.train_seconds:.0f} s{speed}."
-                )
+                speed = f", {run.steps_per_second:.1f} steps/s" if math.isfinite(run.steps_per_second) else ""
+                print(f"Loaded {run_dir}: {run.step} steps, trained in {run.train_seconds:.0f} s{speed}.")
                 return run
         if reason is not None:
             move_aside(run_dir, reason)

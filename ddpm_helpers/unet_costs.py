@@ -12,9 +12,7 @@ import math
 from keras import layers
 
 
-def attention_cost(
-    tokens: int, channels: int, num_heads: int, key_dim: int
-) -> dict:
+def attention_cost(tokens: int, channels: int, num_heads: int, key_dim: int) -> dict:
     """Parameters and multiply-accumulates (MACs, per image) of one :class:`AttentionBlock`.
 
     - parameters: ``4 C h d`` weights of the query, key, value and output projections, plus
@@ -36,9 +34,7 @@ def attention_cost(
     }
 
 
-def residual_block_cost(
-    tokens: int, in_channels: int, width: int, embedding_dim: int
-) -> dict:
+def residual_block_cost(tokens: int, in_channels: int, width: int, embedding_dim: int) -> dict:
     """Parameters and multiply-accumulates (MACs, per image) of one :class:`ResidualBlock`.
 
     With N = tokens (H*W), C_in input channels, C = width and E = embedding_dim:
@@ -49,27 +45,11 @@ def residual_block_cost(
 
     Chapter "The U-Net", Eqs. (eq-res-params) and (eq-res-macs).
     """
-    n, c_in, c, e = (
-        int(tokens),
-        int(in_channels),
-        int(width),
-        int(embedding_dim),
-    )
+    n, c_in, c, e = int(tokens), int(in_channels), int(width), int(embedding_dim)
     projected = c_in != c
     return {
-        "params": 2 * c_in
-        + 9 * c_in * c
-        + c
-        + e * c
-        + c
-        + 2 * c
-        + 9 * c * c
-        + c
-        + projected * (c_in * c + c),
-        "macs": 9 * n * c_in * c
-        + e * c
-        + 9 * n * c * c
-        + projected * n * c_in * c,
+        "params": 2 * c_in + 9 * c_in * c + c + e * c + c + 2 * c + 9 * c * c + c + projected * (c_in * c + c),
+        "macs": 9 * n * c_in * c + e * c + 9 * n * c * c + projected * n * c_in * c,
     }
 
 
@@ -83,14 +63,10 @@ def macs_by_layer(model) -> dict[str, int]:
     for layer in model.layers:
         if isinstance(layer, ResidualBlock):
             _, h, w, c_in = _input_shape(layer)
-            counts[layer.name] = residual_block_cost(
-                h * w, c_in, layer.width, layer.time_proj.kernel.shape[0]
-            )["macs"]
+            counts[layer.name] = residual_block_cost(h * w, c_in, layer.width, layer.time_proj.kernel.shape[0])["macs"]
         elif isinstance(layer, AttentionBlock):
             _, h, w, c = layer.output.shape
-            counts[layer.name] = attention_cost(
-                h * w, c, layer.num_heads, layer.key_dim
-            )["macs"]
+            counts[layer.name] = attention_cost(h * w, c, layer.num_heads, layer.key_dim)["macs"]
         elif isinstance(layer, layers.Conv2D):
             _, h, w, _ = layer.output.shape
             counts[layer.name] = h * w * math.prod(layer.kernel.shape)
@@ -102,6 +78,4 @@ def macs_by_layer(model) -> dict[str, int]:
 def _input_shape(layer) -> tuple:
     """Shape of the first input of a layer of a functional model (``x`` for a residual block)."""
     inputs = layer.input
-    return tuple(
-        (inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape
-    )
+    return tuple((inputs[0] if isinstance(inputs, (list, tuple)) else inputs).shape)
