@@ -120,7 +120,9 @@ site-check: $(INSTALLED)
 
 # Benchmarks (benchmarks/*.py; not unit tests): each compares variants side by side in one process
 # and writes benchmarks/results/<name>-<date>.json (machine, load average, command, numbers), which
-# the chapter "Performance" shows. `make bench` took about 9 minutes on the 2-core CPU (busy);
+# the chapter "Performance" shows; scaling-*.json holds the seed profile's step with mixed precision,
+# XLA and MirroredStrategy on 2 logical CPU devices as ratios to the plain step (no chapter reads it
+# yet). `make bench` took about 9 minutes on the 2-core CPU (busy, before bench_scaling.py);
 # `make bench-book` times every chapter, `make book` and `make test` (much longer; skip parts with
 # e.g. BENCH_BOOK_ARGS="--skip-make-book --skip-make-test").
 BENCH_STAMP = $(shell date +%Y%m%d-%H%M%S)
@@ -128,6 +130,7 @@ BENCH_TRAINING_ARGS ?= --profiles seed,default --rounds 3
 BENCH_SAMPLING_ARGS ?= --profile default --batch 64 --steps 50 --rounds 3 --ddim
 BENCH_SEED_SAMPLING_ARGS ?= --profile seed --batch 64 --steps 2 --rounds 2
 BENCH_MEMORY_ARGS ?= --profile default --batch 16 --snapshots 11
+BENCH_SCALING_ARGS ?= --profiles seed --rounds 3 --steps 1 --min-seconds 4
 BENCH_BOOK_ARGS ?= --profile default
 
 bench: $(INSTALLED)
@@ -136,6 +139,7 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_sampling.py $(BENCH_SEED_SAMPLING_ARGS) \
 	  --out benchmarks/results/sampling_seed-$(BENCH_STAMP).json
 	$(BIN)/python benchmarks/bench_sampling_memory.py $(BENCH_MEMORY_ARGS)
+	$(BIN)/python benchmarks/bench_scaling.py $(BENCH_SCALING_ARGS)
 	@echo "make bench: results in benchmarks/results/ (shown by book/10_performance.md)"
 
 bench-book: $(INSTALLED)
