@@ -115,6 +115,32 @@ def _stable_ids(notebook) -> None:
         cell["id"] = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
 
 
+CELL_YAML = re.compile(r"(```\{code-cell\}[^\n]*\n---\n)(.*?)(\n---\n)", re.S)
+
+
+def narrow_cell_metadata(md: Path) -> None:
+    """Re-wrap the YAML metadata of ``md``'s code cells (figure captions) within
+    :data:`LINE_LENGTH` columns; jupytext writes it up to 80 columns plus indentation."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):  # lists on one line (tags: [hide-input]), the rest blocks
+        pass
+
+    Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", value, flow_style=True))
+
+    def rewrap(match):
+        data = yaml.safe_load(match.group(2))
+        text = yaml.dump(data, Dumper=Dumper, default_flow_style=False, sort_keys=False,
+                         width=LINE_LENGTH - 24, allow_unicode=True).rstrip("\n")
+        return match.group(1) + text + match.group(3)
+
+    text = md.read_text()
+    narrowed = CELL_YAML.sub(rewrap, text)
+    if narrowed != text:
+        md.write_text(narrowed)
+
+
 def sync(root: Path) -> list[Path]:
     """Rewrite each chapter's Colab cell from ``_config.yml`` and regenerate its ``.ipynb``."""
     import jupytext
@@ -131,6 +157,7 @@ def sync(root: Path) -> list[Path]:
         else:
             notebook.cells.insert(0, cell)
         jupytext.write(notebook, md, fmt="md:myst")
+        narrow_cell_metadata(md)
         for c in notebook.cells:
             if c.cell_type == "code":
                 c.outputs, c.execution_count = [], None
@@ -230,6 +257,11 @@ def check(root: Path) -> list[str]:
         for where in unfolded_checks(text):
             problems.append(f"{name}: a check is shown unfolded ({where}); move it to a "
                             "cell tagged hide-cell")
+        for block in CELL_YAML.finditer(md.read_text()):
+            for line in block.group(2).splitlines():
+                if len(line) > LINE_LENGTH:
+                    problems.append(f"{name}: cell metadata line over {LINE_LENGTH} characters "
+                                    f"({line.strip()[:50]}...); run `booktools sync`")
         for where in long_lines(text):
             problems.append(f"{name}: code line over {LINE_LENGTH} characters ({where}); "
                             "run `python -m ddpm_helpers.booktools format`, then shorten it")

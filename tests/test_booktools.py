@@ -209,3 +209,22 @@ def test_a_check_in_an_unfolded_cell_fails_the_check(tmp_path):
         "```{code-cell} ipython3\ncheck = print", "```{code-cell} ipython3\n:tags: [hide-cell]\n\ncheck = print"))
     booktools.sync(book)
     assert booktools.check(book) == []
+
+
+def test_long_figure_captions_are_rewrapped_within_the_width(tmp_path):
+    book = tiny_book(tmp_path, "print(1)")
+    page = book / "book" / "index.md"
+    caption = " ".join(["a caption word"] * 12) + " $\\hat{\\mathbf{x}}_0$ at the end"
+    page.write_text(page.read_text().replace(
+        "```{code-cell} ipython3\nprint(1)",
+        "```{code-cell} ipython3\n---\nmystnb:\n  figure:\n    caption: " + caption
+        + "\n    name: fig-tiny\ntags: [hide-input]\n---\nprint(1)"))
+    assert any("cell metadata line over" in p for p in booktools.check(book))
+    booktools.sync(book)
+    assert booktools.check(book) == []
+    text = page.read_text()
+    assert "tags: [hide-input]" in text and "name: fig-tiny" in text
+    import jupytext
+
+    cell = [c for c in jupytext.read(page).cells if c.cell_type == "code"][-1]
+    assert cell.metadata["mystnb"]["figure"]["caption"] == caption
