@@ -121,7 +121,7 @@ def diffusion_loss(name: str):
 
     ``"mse"``: mean of (noise - predicted)^2, the simple loss of Ho et al. (chapter "Forward and
     reverse process", Eq. (eq-simple-loss)). ``"huber"``: Keras' Huber loss with delta = 1, as
-    the seed chapter (Eq. (eq-huber)): 0.5 r^2 for |r| <= 1, |r| - 0.5 otherwise, averaged.
+    the original CelebA tutorial (Eq. (eq-huber)): 0.5 r^2 for |r| <= 1, |r| - 0.5 otherwise, averaged.
     """
     import keras
 

@@ -1,7 +1,7 @@
 """Showing images: map the model's [-1, 1] range back to [0, 1] and draw grids.
 
 Used by every chapter that shows images ("Forward and reverse process", "Sampling", ...).
-The seed chapter passed [-1, 1] arrays straight to ``imshow``, which clips half of the range:
+The original CelebA tutorial passed [-1, 1] arrays straight to ``imshow``, which clips half of the range:
 always go through :func:`to_display_range`.
 """
 

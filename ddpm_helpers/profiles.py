@@ -109,7 +109,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "seed": Profile(
         name="seed",
-        description="The seed chapter's configuration: CelebA 32x32x3, T=1000, for a GPU.",
+        description="The original CelebA tutorial's configuration: CelebA 32x32x3, T=1000, for a GPU.",
         dataset="folder:data/img_align_celeba",
         image_size=32,
         channels=3,

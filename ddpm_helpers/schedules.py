@@ -27,7 +27,7 @@ SCHEDULE_NAMES = ("linear", "cosine", "sigmoid", "quadratic")
 
 # Default parameters of each schedule (the keyword arguments make_betas accepts).
 SCHEDULE_DEFAULTS: dict[str, dict[str, float]] = {
-    # DDPM (Ho et al. 2020) and the seed chapter: beta from 1e-4 to 0.02, tuned for T = 1000.
+    # DDPM (Ho et al. 2020) and the original CelebA tutorial: beta from 1e-4 to 0.02, tuned for T = 1000.
     "linear": {"beta_start": 1e-4, "beta_end": 0.02},
     # Improved DDPM (Nichol & Dhariwal 2021, arXiv 2102.09672), Eq. (17) and its clipping at 0.999.
     "cosine": {"s": 0.008, "max_beta": 0.999},

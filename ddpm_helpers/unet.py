@@ -128,7 +128,7 @@ def build_unet(
     - Skip connections: the output of each down level is concatenated to the input of the up
       level at the same resolution.
     - Time: :class:`SinusoidalTimeEmbedding` of ``time_embedding_dim`` through a two-layer MLP
-      (GELU between, as in the seed chapter), given to every residual block.
+      (GELU between, as in the original CelebA tutorial), given to every residual block.
     - ``num_classes``: adds the input ``label`` and a learned embedding of ``num_classes + 1``
       entries (the last is the null label of classifier-free guidance) added to the time embedding.
 
