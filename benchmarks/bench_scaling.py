@@ -108,18 +108,9 @@ def bench_profile(profile, *, variants, strategy, steps: int, rounds: int, batch
         print(f"  round {round_index + 1}: "
               + ", ".join(f"{n} {per_step[n][-1]:.2f} s/step" for n in variants), flush=True)
 
-    baseline = benchcommon.median(per_step["package"]) if "package" in per_step else None
-    results = {}
-    for name in variants:
-        seconds = benchcommon.median(per_step[name])
-        results[name] = {
-            "seconds_per_step": seconds,
-            "seconds_per_step_rounds": per_step[name],
-            "steps_per_round": steps_run[name],
-            "images_per_second": batch_size / seconds,
-            "first_step_seconds": first_step[name],
-            "ratio_vs_package": baseline / seconds if baseline else None,
-        }
+    results = benchcommon.summarize_rounds(per_step, steps_run, first_step, batch_size,
+                                           baseline="package", ratio_key="ratio_vs_package")
+    baseline = results["package"]["seconds_per_step"] if "package" in results else None
     if baseline and "package_mirrored2" in results:
         results["package_mirrored2"]["overhead_vs_package"] = (
             results["package_mirrored2"]["seconds_per_step"] / baseline - 1.0)

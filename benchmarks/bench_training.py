@@ -43,7 +43,7 @@ DEFAULT_STEPS = {"smoke": 2, "default": 2, "seed": 1}
 
 
 # --------------------------------------------------------------------------------------------
-# The seed chapter's training step, re-implemented with Keras 3 (the baseline)
+# The original CelebA tutorial's training step, re-implemented with Keras 3 (the baseline)
 # --------------------------------------------------------------------------------------------
 
 def make_seed_step(model, betas, batch_size: int, base_lr: float):
@@ -198,18 +198,9 @@ def bench_profile(profile, *, variants, steps: int, rounds: int, batch_size: int
                 raise FloatingPointError(f"{name}: loss {loss} in the benchmark (profile {profile.name}).")
         print(f"  round {round_index + 1}: " + ", ".join(f"{n} {1000 * per_step[n][-1]:.0f} ms/step" for n in variants))
 
-    results = {}
-    baseline = benchcommon.median(per_step["seed_eager"]) if "seed_eager" in per_step else None
-    for name in variants:
-        seconds = benchcommon.median(per_step[name])
-        results[name] = {
-            "seconds_per_step": seconds,
-            "seconds_per_step_rounds": per_step[name],
-            "steps_per_round": steps_run[name],
-            "images_per_second": batch_size / seconds,
-            "first_step_seconds": first_step[name],
-            "speedup_vs_seed_eager": baseline / seconds if baseline else None,
-        }
+    results = benchcommon.summarize_rounds(per_step, steps_run, first_step, batch_size,
+                                           baseline="seed_eager", ratio_key="speedup_vs_seed_eager")
+    baseline = results["seed_eager"]["seconds_per_step"] if "seed_eager" in results else None
     record = {
         "profile": profile.name,
         "parameters": int(model.count_params()),

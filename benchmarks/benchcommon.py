@@ -127,3 +127,22 @@ def model_to_time(run_dir: str | None, profile_name: str | None):
 
 def median(values) -> float:
     return float(statistics.median(values))
+
+
+def summarize_rounds(per_step, steps_run, first_step, batch_size, *, baseline, ratio_key):
+    """Per variant: median seconds per step over the rounds, the rounds, images per second, the
+    first (tracing) step, and ``ratio_key``: the baseline's median step time over this one's
+    (above 1: faster than ``baseline``; None when the baseline was not timed)."""
+    base = median(per_step[baseline]) if baseline in per_step else None
+    results = {}
+    for name, rounds in per_step.items():
+        seconds = median(rounds)
+        results[name] = {
+            "seconds_per_step": seconds,
+            "seconds_per_step_rounds": rounds,
+            "steps_per_round": steps_run[name],
+            "images_per_second": batch_size / seconds,
+            "first_step_seconds": first_step[name],
+            ratio_key: base / seconds if base else None,
+        }
+    return results
