@@ -35,7 +35,12 @@ $(INSTALLED): requirements.txt pyproject.toml
 # Chapters are executed first, JOBS at a time (ddpm_helpers.bookbuild), into the jupyter-cache
 # that Jupyter Book then renders from (execute_notebooks: cache in _config.yml).
 # DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
-JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+JOBS ?= $(NPROC)
+# TensorFlow threads for each of N processes that share the cores (as bookbuild.share_cores does):
+# on 2 cores, two processes of 2 threads each run about 20% slower than two of 1 thread.
+tf_threads = TF_NUM_INTRAOP_THREADS=$(1) TF_NUM_INTEROP_THREADS=$(1)
+share_cores = $(call tf_threads,$(shell n=$$(( $(NPROC) / $(1) )); echo $$(( n > 0 ? n : 1 ))))
 
 book: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(BIN)/python -m ddpm_helpers.bookbuild \
@@ -54,11 +59,12 @@ notebooks-check: $(INSTALLED)
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
 pytest: $(INSTALLED)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
+	$(call share_cores,2) $(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
 
 # One notebook per worker (--dist loadfile): a notebook's cells share one kernel.
 nbval: $(INSTALLED)
-	DDPM_PROFILE=smoke $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
+	DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q \
+	  -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \

@@ -50,7 +50,8 @@ def test_colab_cell_is_within_the_width():
 
 
 def test_bookbuild_caches_pages_for_jupyter_book_and_reports_failures(tmp_path):
-    good = tiny_book(tmp_path / "good", "print(6 * 7)")
+    good = tiny_book(tmp_path / "good",
+                     "import os\nprint(6 * 7, 'threads', os.environ.get('TF_NUM_INTRAOP_THREADS'))")
     cache = good / "_build" / ".jupyter_cache"
     seconds = bookbuild.execute_book(good, cache, jobs=1, timeout=120, pretrain=False)
     assert list(seconds) == ["book/index.md"]
@@ -62,11 +63,24 @@ def test_bookbuild_caches_pages_for_jupyter_book_and_reports_failures(tmp_path):
     _, merged = get_cache(cache).merge_match_into_notebook(notebook)
     assert record.data["execution_seconds"] >= 0
     outputs = [o for cell in merged.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert any("42" in o.get("text", "") for o in outputs)
+    assert any("42 threads" in o.get("text", "") for o in outputs)
+    # The kernel was told how many threads TensorFlow may use (bookbuild.share_cores).
+    assert not any("threads None" in o.get("text", "") for o in outputs)
 
     bad = tiny_book(tmp_path / "bad", "1 / 0")
     with pytest.raises(RuntimeError, match=r"(?s)book/index\.md.*ZeroDivisionError"):
         bookbuild.execute_book(bad, bad / "cache", jobs=1, timeout=120, pretrain=False)
+
+
+def test_share_cores_splits_the_cores_between_jobs_and_keeps_a_user_setting(monkeypatch):
+    monkeypatch.setattr(bookbuild.os, "cpu_count", lambda: 8)
+    environ = {}
+    assert bookbuild.share_cores(2, environ) == 4
+    assert environ == {"TF_NUM_INTRAOP_THREADS": "4", "TF_NUM_INTEROP_THREADS": "4"}
+    assert bookbuild.share_cores(16, {}) == 1
+    mine = {"TF_NUM_INTRAOP_THREADS": "3"}
+    bookbuild.share_cores(2, mine)
+    assert mine["TF_NUM_INTRAOP_THREADS"] == "3"
 
 
 def test_toc_pages_follow_the_parts_of_the_toc(tmp_path):
