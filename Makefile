@@ -63,8 +63,7 @@ pytest: $(INSTALLED)
 
 # One notebook per worker (--dist loadfile): a notebook's cells share one kernel.
 nbval: $(INSTALLED)
-	DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q \
-	  -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
+	DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
