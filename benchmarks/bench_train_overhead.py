@@ -7,7 +7,7 @@ Variants, each on the same profile's U-Net, timed after their first (compiling) 
 - ``bare``: :func:`ddpm_helpers.training.make_train_step` called in a plain Python loop on one
   fixed batch (no data pipeline, no host sync until the end);
 - ``bare+data``: the same, with the batches taken from the data pipeline that ``train()`` uses
-  (:func:`ddpm_helpers.data.iterate_batches`);
+  (:func:`ddpm_helpers.pipeline.iterate_batches`);
 - ``train``: :func:`ddpm_helpers.training.train` itself (progress off, one checkpoint at the end),
   whose wall-clock speed is the ``steps_per_second`` it reports (measured after its compiling
   first step); its CPU time per step is that of a run of ``steps + 1`` steps less that of a run
@@ -56,7 +56,8 @@ def bare_loop(profile, steps: int, jit_compile: bool, with_data: bool, seed: int
     import tensorflow as tf
 
     from ddpm_helpers import training
-    from ddpm_helpers.data import iterate_batches, load_data
+    from ddpm_helpers.data import load_data
+    from ddpm_helpers.pipeline import iterate_batches
     from ddpm_helpers.diffusion import diffusion_loss
     from ddpm_helpers.schedules import make_schedule
 

@@ -150,7 +150,7 @@ def load_image_folder(path, image_size: int, channels: int, *, verify: bool | No
     """A folder of images (the original tutorial's CelebA) as a :class:`~ddpm_helpers.data.DataSource`, unlabelled.
 
     ``tf.data`` reads exactly the files of :func:`list_image_files`, in that order (shuffling
-    happens in :func:`ddpm_helpers.data.make_pipeline`), with :func:`decode_image_file`; faces
+    happens in :func:`ddpm_helpers.pipeline.make_pipeline`), with :func:`decode_image_file`; faces
     may be flipped. ``verify`` decodes every file first (default: when the folder holds at most
     ``VERIFY_ALL_UP_TO`` images), so a broken file is named before training starts. Bad
     folders raise ``ValueError`` (see :func:`list_image_files`, :func:`unreadable_error`).

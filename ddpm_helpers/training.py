@@ -159,7 +159,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers.data import iterate_batches
+    from ddpm_helpers.pipeline import iterate_batches
     from ddpm_helpers.diffusion import diffusion_loss
     from ddpm_helpers.pages import ProgressBar
     from ddpm_helpers.profiles import get_profile
@@ -177,7 +177,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
 
     strategy = setup_strategy(strategy, replicas, profile.batch_size, config)
     config["precision"] = precision_policy(mixed_precision, strategy)
-    keras.utils.set_random_seed(seed)  # the initial weights (and, with make_pipeline's seeds, the data order)
+    keras.utils.set_random_seed(seed)  # the initial weights (and, with pipeline.make_pipeline's seeds, the data order)
     model, ema_model, optimizer, ema, rate = build_training_state(
         profile, num_classes=num_classes, lr_schedule=lr_schedule, steps=steps, strategy=strategy,
         precision=config["precision"])

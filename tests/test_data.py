@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_helpers import data
+from ddpm_helpers import data, pipeline
 
 tf = pytest.importorskip("tensorflow")
 
@@ -133,7 +133,7 @@ def test_hidden_files_are_neither_checked_nor_read(tmp_path):
     assert len(yielded) == source.count == 3
     for image, file in zip(yielded, source.files):
         np.testing.assert_allclose(image, _decoded_reference(file, 8) / 127.5 - 1.0, atol=1e-6)
-    batches = _all(data.make_pipeline(source, 3, seed=0))  # the training batches: no decode error
+    batches = _all(pipeline.make_pipeline(source, 3, seed=0))  # the training batches: no decode error
     assert len(batches) == 1 and batches[0][0].shape == (3, 8, 8, 3)
 
 
@@ -155,12 +155,12 @@ def test_folder_cache_holds_uint8_and_the_shuffle_is_global(tmp_path, monkeypatc
     assert source.in_memory
     stored = next(iter(source.cached()))[0]
     assert stored.dtype == tf.uint8  # the in-memory cache holds uint8, scaled to [-1, 1] after it
-    batch = next(iter(data.make_pipeline(source, 10, seed=1)))[0]
+    batch = next(iter(pipeline.make_pipeline(source, 10, seed=1)))[0]
     assert batch.dtype == tf.float32 and float(tf.reduce_min(batch)) >= -1.0
 
     def order(source, epoch):
         first = {tuple(np.asarray(image).ravel()): i for i, (image, _) in enumerate(_all(source.dataset))}
-        return [first[tuple(image.ravel())] for x, _ in _all(data.make_pipeline(source, 10, seed=1, epoch=epoch, augment=False))
+        return [first[tuple(image.ravel())] for x, _ in _all(pipeline.make_pipeline(source, 10, seed=1, epoch=epoch, augment=False))
                 for image in x]
 
     orders = [order(source, epoch) for epoch in range(4)]
@@ -194,9 +194,9 @@ def _toy_source(count=10, flip=False):
 
 def test_pipeline_batches_are_full_shuffled_and_reproducible():
     source, images = _toy_source(10)
-    batches = _all(data.make_pipeline(source, 4, seed=1, epoch=0))
+    batches = _all(pipeline.make_pipeline(source, 4, seed=1, epoch=0))
     assert [b[0].shape for b in batches] == [(4, 4, 4, 1)] * 2  # 10 // 4 batches, remainder dropped
-    again = _all(data.make_pipeline(source, 4, seed=1, epoch=0))
+    again = _all(pipeline.make_pipeline(source, 4, seed=1, epoch=0))
     for (x, y), (x2, y2) in zip(batches, again):
         np.testing.assert_array_equal(x, x2)
         np.testing.assert_array_equal(y, y2)
@@ -205,21 +205,21 @@ def test_pipeline_batches_are_full_shuffled_and_reproducible():
         return tuple(int(round(v * 10)) for x, _ in batches for v in x[:, 0, 3, 0])
 
     assert len(set(order(batches))) == 8  # 8 distinct images: no repeats within an epoch
-    epochs = {order(_all(data.make_pipeline(source, 4, seed=1, epoch=e))) for e in range(5)}
+    epochs = {order(_all(pipeline.make_pipeline(source, 4, seed=1, epoch=e))) for e in range(5)}
     assert len(epochs) > 1  # a new order each epoch
-    assert order(batches) != order(_all(data.make_pipeline(source, 4, seed=2, epoch=0)))  # seed matters
+    assert order(batches) != order(_all(pipeline.make_pipeline(source, 4, seed=2, epoch=0)))  # seed matters
 
 
 def test_digits_are_never_flipped_but_faces_are():
     source, images = _toy_source(8, flip=False)
     for epoch in range(3):
-        for x, _ in _all(data.make_pipeline(source, 4, seed=0, epoch=epoch)):
+        for x, _ in _all(pipeline.make_pipeline(source, 4, seed=0, epoch=epoch)):
             assert np.all(x[:, :, :2] > x[:, :, 2:])  # left half still brighter
     flipped_source, _ = _toy_source(8, flip=True)
     seen_flip = False
     patterns = set()
     for epoch in range(3):
-        for x, _ in _all(data.make_pipeline(flipped_source, 4, seed=0, epoch=epoch)):
+        for x, _ in _all(pipeline.make_pipeline(flipped_source, 4, seed=0, epoch=epoch)):
             flipped = x[:, 0, 0, 0] < x[:, 0, 3, 0]
             seen_flip |= bool(flipped.any())
             patterns.add(tuple(flipped))
@@ -228,10 +228,10 @@ def test_digits_are_never_flipped_but_faces_are():
 
 def test_iterate_batches_resumes_at_any_step_across_epochs():
     source, _ = _toy_source(10, flip=True)
-    straight = data.iterate_batches(source, 4, seed=3)
+    straight = pipeline.iterate_batches(source, 4, seed=3)
     reference = [next(straight) for _ in range(7)]  # 2 batches per epoch: crosses 3 epoch boundaries
     for start in (0, 1, 2, 5):
-        resumed = data.iterate_batches(source, 4, seed=3, start_step=start)
+        resumed = pipeline.iterate_batches(source, 4, seed=3, start_step=start)
         for expected in reference[start:]:
             x, y = next(resumed)
             np.testing.assert_array_equal(x.numpy(), expected[0].numpy())
@@ -249,7 +249,7 @@ def test_shuffle_is_global_beyond_ten_thousand_images():
     count = 12_000
     images = np.repeat((np.arange(count, dtype=np.float32) / count)[:, None, None, None], 2, axis=1)
     source = data.from_arrays(np.broadcast_to(images, (count, 2, 2, 1)).copy())
-    first = np.concatenate([x[:, 0, 0, 0] for x, _ in _all(data.make_pipeline(source, 1000, seed=0).take(1))])
+    first = np.concatenate([x[:, 0, 0, 0] for x, _ in _all(pipeline.make_pipeline(source, 1000, seed=0).take(1))])
     index = np.round(first * count).astype(int)
     assert len(set(index)) == 1000
     assert np.sum(index >= 11_000) > 40  # about 1000 / 12 expected
