@@ -199,10 +199,12 @@ def train_toy(
                 tf.constant(step, tf.int64),
             )
         )
-        if not math.isfinite(value):
+        if not math.isfinite(value) or int(train_step.bad_step):
+            what = "the loss" if int(train_step.bad_what) == 1 else "a gradient"
             raise FloatingPointError(
-                f"The loss became {value} at step {step + 1}: "
-                "lower the learning rate."
+                f"Training stopped: {what} became NaN or infinite at step "
+                f"{step + 1} of {steps}, and no update was applied from it "
+                "on. Lower the learning rate or change the seed."
             )
         running = (
             value

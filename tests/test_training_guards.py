@@ -113,3 +113,13 @@ def test_a_book_build_prints_one_progress_line(tmp_path, images, capsys, monkeyp
     training.train(PROFILE, tmp_path / "run", steps=4, data=images, progress=True, jit_compile=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("training run: compiled the step in") and "4 steps in" in lines[0]
+
+
+def test_the_2d_loop_stops_with_an_error_at_a_nan_gradient():
+    from ddpm_helpers import toy2d
+
+    data = toy2d.make_toy_data("two_moons", 300, seed=0)
+    schedule = make_schedule("linear", 20)
+    with pytest.raises(FloatingPointError, match="a gradient became NaN or infinite at step 3 of 6"):
+        toy2d.train_toy(data, schedule, steps=6, batch_size=16, progress=False,
+                        loss_fn=_loss_with_nan_gradient_at(3))
