@@ -69,6 +69,7 @@ strict-build: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
 	  --jobs $(JOBS) --cache _build/strict/_build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
+	$(BIN)/python -m ddpm_helpers.sitescan _build/strict/_build/html
 
 # Colab check: every book/*.ipynb run top to bottom (smoke profile) from a folder outside the
 # repository, as in Colab's /content, in a venv of its own with one Colab runtime's versions:
