@@ -137,7 +137,7 @@ BENCH_SAMPLING_ARGS ?= --profile default --batch 64 --steps 50 --rounds 3 --ddim
 BENCH_SEED_SAMPLING_ARGS ?= --profile seed --batch 64 --steps 2 --rounds 2
 BENCH_MEMORY_ARGS ?= --profile default --batch 16 --snapshots 11
 BENCH_SCALING_ARGS ?= --profiles seed --rounds 3 --steps 1 --min-seconds 4
-BENCH_BOOK_ARGS ?= --profile default
+BENCH_BOOK_ARGS ?= --profile default --runs-dir _build/bench-book-runs
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_training.py $(BENCH_TRAINING_ARGS)
@@ -149,6 +149,7 @@ bench: $(INSTALLED)
 	@echo "make bench: results in benchmarks/results/ (shown by book/10_performance.md)"
 
 bench-book: $(INSTALLED)
+	rm -rf _build/bench-book-runs  # chapters timed with no trained model cached
 	$(BIN)/python benchmarks/bench_book.py $(BENCH_BOOK_ARGS)
 
 clean:
