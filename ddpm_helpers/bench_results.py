@@ -102,3 +102,39 @@ def training_estimate(flops_per_image: float, *, batch_size: int, steps: int,
         "images_per_second": tuple(batch_size / s for s in reversed(seconds)),
         "hours": tuple(steps * s / 3600 for s in seconds),
     }
+
+
+def xla_ratios(record: dict, batch_size: int | None = None) -> dict[tuple[int, int], float]:
+    """Images per second with XLA over those without, per ``(threads, batch)`` of a
+    ``cpu_options`` record (only ``batch_size`` if given)."""
+    speed = {(r["threads"], r["batch"], r["xla"]): r["images_per_second"] for r in record["table"]}
+    return {(threads, batch): speed[(threads, batch, True)] / speed[(threads, batch, False)]
+            for threads, batch, xla in speed
+            if not xla and (threads, batch, True) in speed and batch_size in (None, batch)}
+
+
+def xla_verdict(record: dict, batch_size: int | None = None) -> str:
+    """What XLA did to the step in a ``cpu_options`` record, judged against the spread of one
+    setting's speed from round to round (ratios inside it are noise)."""
+    ratios = list(xla_ratios(record, batch_size).values())
+    if not ratios:
+        raise ValueError(f"{record.get('file', 'the record')} has no setting measured with and without XLA"
+                         + (f" at batch {batch_size}" if batch_size else "") + ".")
+    spread = max(max(v["seconds_per_step_rounds"]) / min(v["seconds_per_step_rounds"])
+                 for batches in record["details"].values() for measured in batches.values()
+                 for v in measured["variants"].values())
+    helped = sum(r > spread for r in ratios)
+    slowed = sum(r < 1 / spread for r in ratios)
+    unclear = len(ratios) - helped - slowed
+    noise = "no difference larger than the round-to-round noise of this shared machine"
+    if unclear == len(ratios):
+        return f"made {noise}"
+    if helped == len(ratios):
+        return "helped in every setting measured"
+    if slowed == len(ratios):
+        return "slowed down every setting measured"
+    parts = [f"helped in {helped} of {len(ratios)} settings" if helped else "",
+             f"slowed down {slowed}" if slowed else "",
+             f"made {noise} in the remaining {unclear}" if unclear else ""]
+    parts = [part for part in parts if part]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]

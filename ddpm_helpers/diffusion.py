@@ -133,50 +133,60 @@ def diffusion_loss(name: str):
 
 
 def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
-    """Exact denoising quantities when the data are a mixture of isotropic Gaussians (NumPy, float64).
+    """Exact denoising quantities when the data are a mixture of Gaussians (NumPy, float64).
 
-    Data ``x_0 ~ sum_k weights[k] N(means[k], stds[k]^2 I)`` (``means`` of shape (K, D), ``stds``
-    a number or (K,), ``weights`` (K,), default uniform) are noised as in Eq. (eq-q-xt-x0),
-    ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps``. Returns a dict with, for every row
-    of ``x_t`` (N, D) and ``alpha_bar`` (a number or (N,)):
+    Data ``x_0 ~ sum_k weights[k] N(means[k], diag(stds[k]^2))``: ``means`` of shape (K, D);
+    ``stds`` a number, (K,) (isotropic components) or (K, D) (one standard deviation per
+    coordinate); ``weights`` (K,), default uniform. They are noised as in Eq. (eq-q-xt-x0),
+    ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps``, and the noised data are again a
+    mixture (Eq. (eq-mixture-score)). Returns a dict with, for every row of ``x_t`` (N, D) and
+    ``alpha_bar`` in (0, 1] (a number or (N,)):
 
     - ``"log_density"``: log q(x_t), shape (N,);
     - ``"score"``: grad log q(x_t), (N, D);
     - ``"x0_mean"``, ``"x0_var"``: E[x_0 | x_t] and Var[x_0 | x_t] per coordinate, (N, D);
-    - ``"eps_mean"``: E[eps | x_t] = -sqrt(1 - alpha_bar) score, (N, D).
+    - ``"eps_mean"``: E[eps | x_t], from x0_mean (0 where alpha_bar = 1); it equals
+      -sqrt(1 - alpha_bar) score, Eq. (eq-eps-score).
 
     Exact references for chapter "Forward and reverse process", Eqs. (eq-tweedie),
-    (eq-eps-score) and (eq-best-eps-error), and for a trained model on the 2-D mixture.
+    (eq-eps-score) and (eq-best-eps-error), and for the 2-D data sets
+    (:mod:`ddpm_helpers.toy_score`).
     """
     import numpy as np
 
     x = np.atleast_2d(np.asarray(x_t, dtype=np.float64))
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
-    if means.shape[1] != x.shape[1]:
-        raise ValueError(f"means have dimension {means.shape[1]} but x_t has {x.shape[1]}; "
+    k, d = means.shape
+    if d != x.shape[1]:
+        raise ValueError(f"means have dimension {d} but x_t has {x.shape[1]}; "
                          "pass means of shape (K, D) for x_t of shape (N, D).")
-    k = means.shape[0]
-    stds = np.broadcast_to(np.asarray(stds, dtype=np.float64), (k,))
+    stds = np.asarray(stds, dtype=np.float64)
+    if stds.shape not in ((), (k,), (k, d)):
+        raise ValueError(f"stds must be a number, ({k},) or ({k}, {d}), got shape {stds.shape}.")
+    s2 = np.broadcast_to((stds[:, None] if stds.ndim == 1 else stds) ** 2, (k, d))
     weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, np.float64)
     if weights.shape != (k,) or np.any(weights < 0) or not np.isclose(weights.sum(), 1.0):
         raise ValueError(f"weights must be {k} non-negative numbers that sum to 1, got {weights}.")
-    ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (x.shape[0],))[:, None]
-    if np.any(ab <= 0) or np.any(ab >= 1):
-        raise ValueError("alpha_bar must lie strictly between 0 and 1 (a noised point, t >= 1).")
-    var = ab * stds**2 + 1.0 - ab  # (N, K): variance of component k after noising
-    diff = x[:, None, :] - np.sqrt(ab)[:, :, None] * means[None]  # (N, K, D)
-    d = x.shape[1]
-    log_comp = (np.log(np.where(weights > 0, weights, 1e-300)) - 0.5 * d * np.log(2 * np.pi * var)
-                - 0.5 * np.sum(diff**2, axis=2) / var)
+    ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64).reshape(-1), (x.shape[0],))
+    if np.any(ab <= 0) or np.any(ab > 1):
+        raise ValueError("alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars[t]).")
+    ab = ab[:, None, None]  # (N, 1, 1) against (N, K, D)
+    # q_t: component k has mean sqrt(ab) mu_k and variance ab s_k^2 + 1 - ab
+    var = ab * s2 + 1.0 - ab  # (N, K, D)
+    diff = x[:, None, :] - np.sqrt(ab) * means  # (N, K, D)
+    log_comp = (np.log(np.where(weights > 0, weights, 1e-300))
+                - 0.5 * np.sum(np.log(2 * np.pi * var) + diff**2 / var, axis=2))
     top = log_comp.max(axis=1, keepdims=True)
     log_density = top[:, 0] + np.log(np.exp(log_comp - top).sum(axis=1))
-    resp = np.exp(log_comp - log_density[:, None])[:, :, None]  # p(component k | x_t)
-    score = np.sum(resp * (-diff / var[:, :, None]), axis=1)
-    gain = (np.sqrt(ab) * stds**2 / var)[:, :, None]
-    comp_mean = means[None] + gain * diff  # E[x_0 | x_t, k]
-    comp_var = (stds**2 * (1.0 - ab) / var)[:, :, None]  # Var[x_0 | x_t, k] per coordinate
+    resp = np.exp(log_comp - log_density[:, None])[:, :, None]  # r_k(x)
+    score = np.sum(resp * (-diff / var), axis=1)  # Eq. (eq-mixture-score)
+    comp_mean = means + np.sqrt(ab) * s2 / var * diff  # E[x_0 | x_t, k]
+    comp_var = s2 * (1.0 - ab) / var  # Var[x_0 | x_t, k] per coordinate
     x0_mean = np.sum(resp * comp_mean, axis=1)
     x0_var = np.sum(resp * (comp_var + comp_mean**2), axis=1) - x0_mean**2
-    eps_mean = (x - np.sqrt(ab) * x0_mean) / np.sqrt(1.0 - ab)
+    ab = ab[:, 0]
+    noise_sd = np.sqrt(1.0 - ab)
+    eps_mean = np.divide(x - np.sqrt(ab) * x0_mean, noise_sd,
+                         out=np.zeros_like(x), where=noise_sd > 0)
     return {"log_density": log_density, "score": score, "x0_mean": x0_mean,
             "x0_var": np.maximum(x0_var, 0.0), "eps_mean": eps_mean}

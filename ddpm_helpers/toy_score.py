@@ -9,7 +9,9 @@ curve sampled by the midpoint rule, far more finely than the noise's width). The
 keeps a mixture a mixture: ``q_t`` has the means ``sqrt(alpha_bar) mu_k`` and the variances
 ``alpha_bar * var + (1 - alpha_bar)``, so its density, its score and the best possible noise
 prediction ``E[eps | x_t] = -sqrt(1 - alpha_bar) grad log q_t(x_t)`` are closed-form
-(:func:`mixture_log_density`, :func:`mixture_score`, :func:`best_noise`).
+(:func:`mixture_log_density`, :func:`mixture_score`, :func:`best_noise`), all computed by
+:func:`ddpm_helpers.diffusion.gaussian_mixture_posterior`, which chapter "Forward and reverse
+process" uses for its mixtures too.
 """
 
 from __future__ import annotations
@@ -63,47 +65,27 @@ def toy_mixture(name: str, resolution: int = 512) -> ToyMixture:
     return ToyMixture(name, means, np.asarray(variances, dtype=np.float64), weights)
 
 
-def _noised(x, alpha_bar, mixture):
-    """x (n, 2), sqrt(alpha_bar) (n, 1), the variances of q_t (n, 2), x - sqrt(alpha_bar) mu_k."""
+def _posterior(x, alpha_bar, mixture: ToyMixture) -> dict:
+    """:func:`ddpm_helpers.diffusion.gaussian_mixture_posterior` of the noised ``mixture``."""
+    from ddpm_helpers.diffusion import gaussian_mixture_posterior
+
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must be points of shape (n, 2), got {x.shape}.")
-    alpha_bar = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64).reshape(-1, 1), (len(x), 1))
-    if np.any(alpha_bar <= 0) or np.any(alpha_bar > 1):
-        raise ValueError("alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars[t]).")
-    variances = alpha_bar * mixture.variances + (1.0 - alpha_bar)
-    diff = x[:, None, :] - np.sqrt(alpha_bar)[:, None, :] * mixture.means[None]
-    return variances, diff
-
-
-def _log_components(variances, diff, mixture):
-    """(n, K): log of w_k N(x; sqrt(alpha_bar) mu_k, diag(variances))."""
-    return (np.log(mixture.weights)[None]
-            - 0.5 * np.sum(diff**2 / variances[:, None, :], axis=-1)
-            - 0.5 * np.sum(np.log(2 * np.pi * variances), axis=-1, keepdims=True))
+    stds = np.broadcast_to(np.sqrt(mixture.variances), mixture.means.shape)
+    return gaussian_mixture_posterior(x, alpha_bar, mixture.means, stds, mixture.weights)
 
 
 def mixture_log_density(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:
     """log q_t(x) (n,) of the noised mixture at ``alpha_bar`` (a number or one per point)."""
-    variances, diff = _noised(x, alpha_bar, mixture)
-    log_p = _log_components(variances, diff, mixture)
-    top = log_p.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True)))[:, 0]
+    return _posterior(x, alpha_bar, mixture)["log_density"]
 
 
 def mixture_score(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:
-    """grad log q_t(x) (n, 2) of the noised mixture, Eq. (eq-mixture-score).
-
-    Each component pulls x towards its mean, weighted by its responsibility for x.
-    """
-    variances, diff = _noised(x, alpha_bar, mixture)
-    log_p = _log_components(variances, diff, mixture)
-    responsibility = np.exp(log_p - log_p.max(axis=1, keepdims=True))
-    responsibility /= responsibility.sum(axis=1, keepdims=True)
-    return -np.einsum("nk,nkd->nd", responsibility, diff) / variances
+    """grad log q_t(x) (n, 2) of the noised mixture, Eq. (eq-mixture-score)."""
+    return _posterior(x, alpha_bar, mixture)["score"]
 
 
 def best_noise(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:
     """E[eps | x_t = x] = -sqrt(1 - alpha_bar) grad log q_t(x): the best possible noise prediction."""
-    alpha_bar = np.asarray(alpha_bar, dtype=np.float64).reshape(-1, 1)
-    return -np.sqrt(1.0 - alpha_bar) * mixture_score(x, alpha_bar, mixture)
+    return _posterior(x, alpha_bar, mixture)["eps_mean"]

@@ -13,14 +13,18 @@ STDS = np.array([0.2, 0.5, 0.3])
 WEIGHTS = np.array([0.2, 0.5, 0.3])
 
 
-def test_score_is_the_gradient_of_the_log_density():
+DIAGONAL_STDS = np.array([[0.2, 0.6], [0.5, 0.1], [0.3, 0.3]])  # one per component and coordinate
+
+
+@pytest.mark.parametrize("stds", [STDS, DIAGONAL_STDS], ids=["isotropic", "diagonal"])
+def test_score_is_the_gradient_of_the_log_density(stds):
     x = np.random.default_rng(0).standard_normal((10, 2))
     h = 1e-6
     for alpha_bar in (0.999, 0.5, 0.01):
-        post = gaussian_mixture_posterior(x, alpha_bar, MEANS, STDS, WEIGHTS)
+        post = gaussian_mixture_posterior(x, alpha_bar, MEANS, stds, WEIGHTS)
         for d, e in enumerate(np.eye(2)):
-            up = gaussian_mixture_posterior(x + h * e, alpha_bar, MEANS, STDS, WEIGHTS)
-            down = gaussian_mixture_posterior(x - h * e, alpha_bar, MEANS, STDS, WEIGHTS)
+            up = gaussian_mixture_posterior(x + h * e, alpha_bar, MEANS, stds, WEIGHTS)
+            down = gaussian_mixture_posterior(x - h * e, alpha_bar, MEANS, stds, WEIGHTS)
             numeric = (up["log_density"] - down["log_density"]) / (2 * h)
             assert np.allclose(post["score"][:, d], numeric, rtol=1e-5, atol=1e-5)
         # Eq. (eq-eps-score)
@@ -68,7 +72,31 @@ def test_unit_gaussian_best_errors():
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="weights"):
         gaussian_mixture_posterior([[0.0, 0.0]], 0.5, MEANS, STDS, [0.5, 0.6, 0.1])
-    with pytest.raises(ValueError, match="alpha_bar"):
-        gaussian_mixture_posterior([[0.0, 0.0]], 1.0, MEANS, STDS, WEIGHTS)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="alpha_bar"):
+            gaussian_mixture_posterior([[0.0, 0.0]], bad, MEANS, STDS, WEIGHTS)
+    with pytest.raises(ValueError, match=r"stds must be a number, \(3,\) or \(3, 2\)"):
+        gaussian_mixture_posterior([[0.0, 0.0]], 0.5, MEANS, np.ones(2), WEIGHTS)
     with pytest.raises(ValueError, match="dimension"):
         gaussian_mixture_posterior([[0.0]], 0.5, MEANS, STDS, WEIGHTS)
+
+
+def test_diagonal_components_are_products_of_one_dimensional_ones():
+    """One diagonal component: the density factorises over the coordinates."""
+    x = np.random.default_rng(1).standard_normal((6, 2))
+    mean, sd = np.array([[0.4, -1.0]]), np.array([[0.3, 0.8]])
+    both = gaussian_mixture_posterior(x, 0.6, mean, sd)
+    one_at_a_time = [gaussian_mixture_posterior(x[:, [d]], 0.6, mean[:, [d]], sd[0, d]) for d in range(2)]
+    assert np.allclose(both["log_density"], sum(p["log_density"] for p in one_at_a_time))
+    for key in ("score", "x0_mean", "x0_var", "eps_mean"):
+        assert np.allclose(both[key], np.concatenate([p[key] for p in one_at_a_time], axis=1)), key
+
+
+def test_at_alpha_bar_one_the_data_density_and_no_noise_to_predict():
+    x = np.random.default_rng(2).standard_normal((4, 2))
+    post = gaussian_mixture_posterior(x, 1.0, MEANS, DIAGONAL_STDS, WEIGHTS)
+    direct = np.log(sum(w * np.prod(np.exp(-0.5 * ((x - m) / s) ** 2) / (np.sqrt(2 * np.pi) * s), axis=1)
+                        for w, m, s in zip(WEIGHTS, MEANS, DIAGONAL_STDS)))
+    assert np.allclose(post["log_density"], direct)
+    assert np.all(post["eps_mean"] == 0.0)
+    assert np.allclose(post["x0_mean"], x) and np.allclose(post["x0_var"], 0.0)
