@@ -113,28 +113,34 @@ def xla_ratios(record: dict, batch_size: int | None = None) -> dict[tuple[int, i
             if not xla and (threads, batch, True) in speed and batch_size in (None, batch)}
 
 
+def xla_noise(record: dict, threads: int, batch: int) -> float:
+    """The largest ratio between two rounds of one variant (with or without XLA) of a setting of a
+    ``cpu_options`` record: a speed ratio closer to 1 than this is noise."""
+    variants = record["details"][str(threads)][str(batch)]["variants"].values()
+    return max(max(v["seconds_per_step_rounds"]) / min(v["seconds_per_step_rounds"]) for v in variants)
+
+
 def xla_verdict(record: dict, batch_size: int | None = None) -> str:
-    """What XLA did to the step in a ``cpu_options`` record, judged against the spread of one
-    setting's speed from round to round (ratios inside it are noise)."""
-    ratios = list(xla_ratios(record, batch_size).values())
+    """What XLA did to the step in a ``cpu_options`` record: each setting's speed ratio judged
+    against that setting's own round-to-round spread (:func:`xla_noise`)."""
+    ratios = xla_ratios(record, batch_size)
     if not ratios:
         raise ValueError(f"{record.get('file', 'the record')} has no setting measured with and without XLA"
                          + (f" at batch {batch_size}" if batch_size else "") + ".")
-    spread = max(max(v["seconds_per_step_rounds"]) / min(v["seconds_per_step_rounds"])
-                 for batches in record["details"].values() for measured in batches.values()
-                 for v in measured["variants"].values())
-    helped = sum(r > spread for r in ratios)
-    slowed = sum(r < 1 / spread for r in ratios)
+    noise = {setting: xla_noise(record, *setting) for setting in ratios}
+    helped = sum(r > noise[s] for s, r in ratios.items())
+    slowed = sum(r < 1 / noise[s] for s, r in ratios.items())
     unclear = len(ratios) - helped - slowed
-    noise = "no difference larger than the round-to-round noise of this shared machine"
+    within = "no difference larger than the spread between its rounds"
     if unclear == len(ratios):
-        return f"made {noise}"
+        return f"made {within} in every setting measured"
     if helped == len(ratios):
         return "helped in every setting measured"
     if slowed == len(ratios):
         return "slowed down every setting measured"
-    parts = [f"helped in {helped} of {len(ratios)} settings" if helped else "",
-             f"slowed down {slowed}" if slowed else "",
-             f"made {noise} in the remaining {unclear}" if unclear else ""]
-    parts = [part for part in parts if part]
+    phrases = [(helped, "helped in {}"), (slowed, "slowed down {}"), (unclear, f"made {within} in {{}}")]
+    present = [(count, text) for count, text in phrases if count]
+    parts = [text.format(f"{count} of {len(ratios)} settings" if i == 0 else
+                         f"the other {count}" if text.startswith("made") else count)
+             for i, (count, text) in enumerate(present)]
     return ", ".join(parts[:-1]) + " and " + parts[-1]

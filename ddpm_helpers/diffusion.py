@@ -179,7 +179,7 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
     top = log_comp.max(axis=1, keepdims=True)
     log_density = top[:, 0] + np.log(np.exp(log_comp - top).sum(axis=1))
     resp = np.exp(log_comp - log_density[:, None])[:, :, None]  # r_k(x)
-    score = np.sum(resp * (-diff / var), axis=1)  # Eq. (eq-mixture-score)
+    score = np.sum(resp * (-diff / var), axis=1)  # grad log q_t(x)
     comp_mean = means + np.sqrt(ab) * s2 / var * diff  # E[x_0 | x_t, k]
     comp_var = s2 * (1.0 - ab) / var  # Var[x_0 | x_t, k] per coordinate
     x0_mean = np.sum(resp * comp_mean, axis=1)

@@ -27,14 +27,29 @@ def test_ratios_are_with_xla_over_without_and_can_be_limited_to_one_batch():
     ({(1, 64): (100.0, 80.0), (2, 64): (100.0, 70.0)}, "slowed down every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 125.0)}, "helped in every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 70.0)}, "helped in 1 of 2 settings and slowed down 1"),
-    ({(1, 64): (100.0, 105.0), (2, 64): (100.0, 97.0)}, "made no difference larger than the round-to-round noise"),
+    ({(1, 64): (100.0, 105.0), (2, 64): (100.0, 97.0)},
+     "made no difference larger than the spread between its rounds in every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 95.0), (4, 64): (100.0, 50.0)},
-     "helped in 1 of 3 settings, slowed down 1 and made no difference larger than the round-to-round noise"
-     " of this shared machine in the remaining 1"),
+     "helped in 1 of 3 settings, slowed down 1 and made no difference larger than the spread between its"
+     " rounds in the other 1"),
+    ({(1, 64): (100.0, 95.0), (4, 64): (100.0, 50.0)},
+     "slowed down 1 of 2 settings and made no difference larger than the spread between its rounds in the other 1"),
 ])
 def test_the_verdict_follows_the_ratios_and_the_noise(speeds, verdict):
     # rounds 10 and 11 ms: a spread of 1.1, so ratios within [1/1.1, 1.1] are noise
     assert verdict in bench_results.xla_verdict(_record(speeds))
+
+
+def test_each_setting_is_judged_against_its_own_rounds():
+    record = _record({(1, 64): (100.0, 87.0), (2, 64): (100.0, 104.0)})
+    # the first setting's rounds agree within 3%: 0.87 is a slowdown; the second's differ by 40%
+    record["details"]["1"]["64"]["variants"]["package"]["seconds_per_step_rounds"] = [0.010, 0.0103]
+    record["details"]["1"]["64"]["variants"]["package_xla"]["seconds_per_step_rounds"] = [0.012, 0.0122]
+    record["details"]["2"]["64"]["variants"]["package"]["seconds_per_step_rounds"] = [0.010, 0.014]
+    assert bench_results.xla_noise(record, 1, 64) == pytest.approx(1.03)
+    assert bench_results.xla_verdict(record, 64) == (
+        "slowed down 1 of 2 settings and made no difference larger than the spread between its rounds"
+        " in the other 1")
 
 
 def test_a_record_without_the_batch_is_named():
