@@ -1,4 +1,4 @@
-"""Data for the book (chapter "Training", ``sec-training``): the offline digits, image folders, Keras' sets.
+"""Data for the book (chapter "Training", ``sec-training``): digits, image folders, Keras' sets.
 
 The default data set is scikit-learn's 8x8 handwritten digits, which ships inside scikit-learn:
 no download, so every build works offline. The original tutorial's data, CelebA, is a folder of
@@ -77,8 +77,8 @@ class DataSource:
     ``fingerprint`` a short hash that changes when the data changes (stored with a trained run).
     In-memory sources also keep ``images`` and ``labels`` as NumPy arrays.
 
-    What :func:`ddpm_helpers.pipeline.make_pipeline` reads: ``elements`` (the file names of a folder; the pairs
-    themselves otherwise), ``load`` (element -> stored pair, uint8 for a folder; None when the
+    What :func:`~ddpm_helpers.pipeline.make_pipeline` reads: ``elements`` (the file names of a
+    folder; the pairs themselves otherwise), ``load`` (element -> stored pair, uint8 for a folder; None when the
     elements are the pairs), ``to_model_range`` (stored pair -> float pair, after the cache;
     None when already float) and ``in_memory`` (keep the stored pairs in memory).
     """
