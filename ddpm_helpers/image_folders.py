@@ -4,12 +4,15 @@ The original CelebA tutorial read its faces with ``keras.utils.image_dataset_fro
 That function makes its own list of files, and it includes hidden files such as the ``._0001.png``
 that macOS leaves beside every image: such a folder passed every check and then failed at the
 first training step with a raw TensorFlow ``decode_image`` error. Here one list of files,
-:func:`list_image_files`, is both what is checked and what ``tf.data`` reads:
+:func:`list_image_files`, is both what is checked and what ``tf.data`` reads, and one decoder,
+:func:`decode_image_file`, both checks and reads each file:
 
 - :func:`list_image_files`: the image files under a folder (no hidden files or folders), or an
   error that says what was found and how to get CelebA;
-- :func:`find_unreadable_images`: the files TensorFlow's decoder (the one training uses) rejects;
-- :func:`decode_image_file`: read, decode, centre-crop to a square, resize, round to uint8;
+- :func:`find_unreadable_images`: the files that :func:`decode_image_file`, the decoder training
+  uses, rejects (checked with the profile's size and channels);
+- :func:`decode_image_file`: read, decode (any PNG, JPEG, GIF or BMP, into the requested
+  channels), centre-crop to a square, resize, round to uint8;
 - :func:`load_image_folder`: all of it as a :class:`ddpm_helpers.data.DataSource` whose in-memory
   cache holds uint8 images (a quarter of float32's memory).
 """
@@ -17,6 +20,7 @@ first training step with a raw TensorFlow ``decode_image`` error. Here one list 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 CELEBA_URL = "https://www.kaggle.com/datasets/jessicali9530/celeba-dataset"
@@ -79,24 +83,55 @@ def list_image_files(path) -> list[Path]:
     return images
 
 
-def _decode(path, channels: int = 0):
+# Transparent pixels are composited on this background (white, as a page shows them), 0..255.
+BACKGROUND = 255.0
+
+
+def _to_channels(image, own: int, channels: int):
+    """A decoded image of ``own`` channels (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) as float32 of ``channels``."""
     import tensorflow as tf
 
-    return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    image = tf.cast(tf.ensure_shape(image, (None, None, own)), tf.float32)
+    if own in (2, 4):  # composite on BACKGROUND; an alpha that is 0 everywhere (the unused fourth byte
+        alpha = image[..., -1:] / 255.0  # of 32-bit BMPs) is not transparency but padding: ignored
+        alpha = tf.where(tf.reduce_all(alpha == 0.0), tf.ones_like(alpha), alpha)
+        image = image[..., :-1] * alpha + BACKGROUND * (1.0 - alpha)
+    if channels == 3 and own < 3:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 1 and own > 2:
+        return tf.image.rgb_to_grayscale(image)  # ITU-R 601 luma: 0.2989 R + 0.5870 G + 0.1140 B
+    return image
 
 
-def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
-    """Up to ``limit`` files that TensorFlow cannot read and decode, with the reason.
+def _decode(path, channels: int):
+    """The file at ``path`` as float32 (height, width, channels), 0..255: see :func:`decode_image_file`."""
+    import tensorflow as tf
 
-    Decodes with ``tf.io.decode_image``, the decoder of the training pipeline, in parallel.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)  # its own channels
+    branches = [lambda own=own: _to_channels(image, own, channels) for own in (1, 2, 3, 4)]
+    return tf.switch_case(tf.shape(image)[-1] - 1, branches)
+
+
+def find_unreadable_images(files, limit: int = 5, *, image_size: int = 8,
+                           channels: int = 3) -> list[tuple[Path, str]]:
+    """Up to ``limit`` files that :func:`decode_image_file` cannot read and decode, with the reason.
+
+    Each file goes through :func:`decode_image_file` itself, the decoder of the training pipeline,
+    in parallel; :func:`load_image_folder` passes the profile's ``image_size`` and ``channels``.
+    (Whether a file decodes does not depend on them: every decoded file converts to any size and
+    channel count, so the defaults give the same answer.)
     """
     import tensorflow as tf
 
     names = [str(f) for f in files]
     if not names:
         return []
+
+    def decode(name):
+        return decode_image_file(name, image_size, channels)
+
     decoded = (tf.data.Dataset.from_tensor_slices(names)
-               .map(lambda name: (name, tf.shape(_decode(name))), num_parallel_calls=tf.data.AUTOTUNE)
+               .map(lambda name: (name, tf.shape(decode(name))), num_parallel_calls=tf.data.AUTOTUNE)
                .ignore_errors())
     readable = {name.numpy().decode() for name, _ in decoded}
     bad = []
@@ -104,10 +139,11 @@ def find_unreadable_images(files, limit: int = 5) -> list[tuple[Path, str]]:
         if name in readable:
             continue
         try:
-            _decode(name)
+            decode(name)
             reason = "unreadable while decoding in parallel"
         except (tf.errors.OpError, OSError) as error:
-            reason = f"{type(error).__name__}: {getattr(error, 'message', error)}"
+            message = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*", "", str(getattr(error, "message", error)))
+            reason = f"{type(error).__name__}: {message.strip()}"
         bad.append((Path(name), reason))
         if len(bad) >= limit:
             break
@@ -126,6 +162,13 @@ def unreadable_error(path, bad, total: int) -> ValueError:
 def decode_image_file(path, image_size: int, channels: int):
     """One image file as uint8 (image_size, image_size, channels): decoded, centre-cropped to a square, resized.
 
+    Every file is decoded with its own channels, then converted to ``channels`` (1 or 3), so any
+    PNG, JPEG, GIF or BMP gives the same kind of image: grey files are repeated into RGB, colour
+    files become grey by ITU-R 601 luma, grey + alpha and RGBA (and palette PNGs with a
+    transparent colour) are composited on a white background (``BACKGROUND``: a black pixel of
+    alpha 128 becomes 255 - 128 = 127), GIFs give their first frame, CMYK JPEGs are converted to
+    RGB by TensorFlow. A file that is not an image, or is truncated, raises TensorFlow's
+    ``InvalidArgumentError`` (:func:`find_unreadable_images` names such files before training).
     The crop keeps faces in proportion (the original tutorial squashed CelebA's 178x218 faces);
     the resize is bilinear, as ``image_dataset_from_directory(crop_to_aspect_ratio=True)`` does.
     """
@@ -166,7 +209,7 @@ def load_image_folder(path, image_size: int, channels: int, *, verify: bool | No
     if verify is None:
         verify = len(files) <= VERIFY_ALL_UP_TO
     if verify:
-        bad = find_unreadable_images(files)
+        bad = find_unreadable_images(files, image_size=image_size, channels=channels)
         if bad:
             raise unreadable_error(path, bad, len(files))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddpm_helpers import data, pipeline
+from ddpm_helpers import data, image_folders, pipeline
 
 tf = pytest.importorskip("tensorflow")
 
@@ -147,16 +147,161 @@ def test_broken_image_is_named_before_training(tmp_path):
     assert [p.name for p, _ in data.find_unreadable_images(data.list_image_files(folder))] == ["000001.png"]
 
 
-def test_folder_cache_holds_uint8_and_the_shuffle_is_global(tmp_path, monkeypatch):
-    from ddpm_helpers import image_folders
+# ---- every kind of image file, decoded the way training decodes it (issue 22, item 5)
 
+SIDE = 8  # the fixtures are SIDE x SIDE and loaded at SIDE: no crop or resize, only the decoding is compared
+
+
+def _luma(rgb):
+    return rgb @ np.array([0.2989, 0.5870, 0.1140])
+
+
+def _on_white(colour, alpha):
+    """``colour`` (0..255) with ``alpha`` (0..255) composited on a white background, as floats."""
+    a = alpha[..., None].astype(np.float64) / 255.0
+    return colour.astype(np.float64) * a + 255.0 * (1.0 - a)
+
+
+def _write_image(kind, folder):
+    """A SIDE x SIDE file of ``kind`` in ``folder``: (path, its expected RGB pixels as floats, tolerance)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(kind.encode()))
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8)
+    smooth = np.stack([*np.meshgrid(np.arange(SIDE) * 30, np.arange(SIDE) * 20), np.full((SIDE, SIDE), 90)], -1)
+    smooth = smooth.astype(np.uint8)  # ramps of distinct slopes in R and G, constant B
+    jpeg_atol = 8.0  # TensorFlow decodes JPEGs with libjpeg's fast integer DCT: up to 7 off on these ramps
+    if kind == "animated.gif":  # frame 1: red and blue stripes, frame 2: all green (exact in a palette)
+        first = np.zeros((SIDE, SIDE, 3), np.uint8)
+        first[::2, :, 0], first[1::2, :, 2] = 255, 255
+        second = np.zeros_like(first)
+        second[..., 1] = 255
+        frames = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=4) for f in (first, second)]
+        frames[0].save(folder / kind, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        return folder / kind, first.astype(np.float64), 0.5
+    if kind == "rgb.bmp":
+        Image.fromarray(rgb).save(folder / kind)
+        return folder / kind, rgb.astype(np.float64), 0.5
+    if kind == "padded32.bmp":  # 32 bits a pixel, the fourth byte 0: padding, not transparency
+        Image.fromarray(np.dstack([rgb, np.zeros((SIDE, SIDE), np.uint8)]), "RGBA").save(folder / kind)
+        return folder / kind, rgb.astype(np.float64), 0.5
+    if kind == "cmyk.jpg":
+        Image.fromarray(smooth).convert("CMYK").save(folder / kind, quality=95)
+        return folder / kind, np.asarray(Image.open(folder / kind).convert("RGB"), np.float64), jpeg_atol
+    if kind == "grey.jpg":
+        Image.fromarray(smooth[..., 0], "L").save(folder / kind, quality=95)
+        grey = np.asarray(Image.open(folder / kind), np.float64)
+        return folder / kind, np.repeat(grey[..., None], 3, axis=-1), jpeg_atol
+    if kind == "rgba.png":
+        rgb[0, 0], alpha[0, 0] = 0, 128  # half-transparent black: 255 - 128 = 127 on white
+        Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(folder / kind)
+        return folder / kind, _on_white(rgb, alpha), 0.5
+    if kind == "grey-alpha.png":
+        grey = rgb[..., 0]
+        Image.fromarray(np.dstack([grey, alpha]), "LA").save(folder / kind)
+        return folder / kind, np.repeat(_on_white(grey[..., None], alpha), 3, axis=-1), 0.5
+    if kind == "palette.png":  # four colours, the first transparent
+        palette = np.array([[10, 20, 30], [200, 0, 0], [0, 180, 0], [40, 40, 250]], np.uint8)
+        index = rng.integers(0, 4, (SIDE, SIDE), dtype=np.uint8)
+        image = Image.fromarray(index, "P")
+        image.putpalette(palette.ravel().tolist())
+        image.save(folder / kind, transparency=0)
+        return folder / kind, np.where(index[..., None] == 0, 255.0, palette[index].astype(np.float64)), 0.5
+    raise ValueError(kind)
+
+
+IMAGE_KINDS = ("animated.gif", "rgb.bmp", "padded32.bmp", "cmyk.jpg", "grey.jpg", "rgba.png", "grey-alpha.png",
+               "palette.png")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_every_kind_of_image_file_is_stored_in_the_profiles_channels(tmp_path, kind, channels):
+    """GIF (first frame), BMP, CMYK JPEG, grey into RGB, colour into grey, alpha composited on white."""
+    path, rgb, atol = _write_image(kind, tmp_path / "faces")
+    source = data.load_image_folder(tmp_path / "faces", SIDE, channels)
+    stored = next(iter(source.cached()))[0].numpy()  # the uint8 image the training batches are cut from
+    assert stored.shape == (SIDE, SIDE, channels) and stored.dtype == np.uint8
+    want = rgb if channels == 3 else _luma(rgb)[..., None]
+    np.testing.assert_allclose(stored, want, atol=atol + 0.5, err_msg=f"{kind} into {channels} channel(s)")
+    np.testing.assert_array_equal(image_folders.decode_image_file(str(path), SIDE, channels), stored)
+    if kind == "rgba.png":
+        assert stored[0, 0].tolist() == [127] * channels  # alpha 128 black on white, not black
+
+
+def test_files_of_every_kind_train(tmp_path):
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.training import train
+
+    for kind in IMAGE_KINDS:
+        _write_image(kind, tmp_path / "faces")
+    profile = get_profile("smoke").replace(batch_size=len(IMAGE_KINDS))  # one channel: GIF, BMP, CMYK into grey
+    run = train(profile, tmp_path / "run", data=f"folder:{tmp_path / 'faces'}", steps=2, progress=False,
+                jit_compile=False)
+    assert run.step == 2 and np.isfinite(run.history["loss"]).all()
+
+
+def test_a_bad_folder_is_named_before_a_run_folder_is_written(tmp_path):
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.training import train
+
+    folder = _write_pngs(tmp_path / "faces", 3)
+    _write_image("cmyk.jpg", folder)
+    good = (folder / "cmyk.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (folder / "notes.gif").write_bytes(b"GIF89a, or so it says")
+    with pytest.raises(ValueError, match="2 of its 6 image file") as error:
+        train(get_profile("smoke"), tmp_path / "run", data=f"folder:{folder}", steps=2, progress=False)
+    message = str(error.value)
+    assert "cut.jpg" in message and "notes.gif" in message and "cmyk.jpg" not in message
+    assert "{{function_node" not in message  # TensorFlow's reason, without its internals
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_file_met_while_training_a_large_folder_is_named(tmp_path, monkeypatch):
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.training import train
+
+    monkeypatch.setattr(image_folders, "VERIFY_ALL_UP_TO", 2)  # too many files to check them all first
+    folder = _write_pngs(tmp_path / "faces", 3)
+    _write_image("animated.gif", folder)
+    good = (folder / "000000.png").read_bytes()
+    (folder / "000001.png").write_bytes(good[: len(good) // 3])
+    with pytest.raises(ValueError, match="cannot be read") as error:
+        train(get_profile("smoke").replace(batch_size=2), tmp_path / "run", data=f"folder:{folder}", steps=2,
+              progress=False, jit_compile=False)
+    assert "000001.png" in str(error.value) and "animated.gif" not in str(error.value)
+
+
+def test_the_check_decodes_each_file_with_the_training_decoder(tmp_path, monkeypatch):
+    """One decoder: a file that decode_image_file rejects (here, by a test's rule) is named by the check."""
+    folder = _write_pngs(tmp_path / "faces", 3)
+    decode = image_folders.decode_image_file
+    seen = set()
+
+    def picky(path, image_size, channels):
+        seen.add((image_size, channels))
+        rejected = tf.strings.regex_full_match(path, ".*000001.png")
+        with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(rejected), ["rejected"])]):
+            return decode(tf.identity(path), image_size, channels)
+
+    monkeypatch.setattr(image_folders, "decode_image_file", picky)
+    with pytest.raises(ValueError, match="cannot be read") as error:
+        data.load_image_folder(folder, 6, 1)
+    assert "000001.png" in str(error.value) and "000000.png" not in str(error.value)
+    assert seen == {(6, 1)}  # the profile's size and channels
+
+
+def test_folder_cache_holds_uint8_and_the_shuffle_is_global(tmp_path, monkeypatch):
     folder = _write_pngs(tmp_path / "faces", 40, size=(9, 9))
     source = data.load_image_folder(folder, 4, 3)
     assert source.in_memory
     stored = next(iter(source.cached()))[0]
     assert stored.dtype == tf.uint8  # the in-memory cache holds uint8, scaled to [-1, 1] after it
     batch = next(iter(pipeline.make_pipeline(source, 10, seed=1)))[0]
-    assert batch.dtype == tf.float32 and float(tf.reduce_min(batch)) >= -1.0
+    assert batch.dtype == tf.float32 and -1.0 <= float(tf.reduce_min(batch)) <= float(tf.reduce_max(batch)) <= 1.0
 
     def order(source, epoch):
         first = {tuple(np.asarray(image).ravel()): i for i, (image, _) in enumerate(_all(source.dataset))}
@@ -171,6 +316,21 @@ def test_folder_cache_holds_uint8_and_the_shuffle_is_global(tmp_path, monkeypatc
     streamed = data.load_image_folder(folder, 4, 3)
     assert not streamed.in_memory
     assert [order(streamed, epoch) for epoch in range(4)] == orders
+
+
+def test_black_and_white_reach_exactly_minus_one_and_one(tmp_path):
+    """Both ends of the model range: 0 -> -1 and 255 -> +1 (not 255/127 - 1 > 1, not 0..1)."""
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for index, value in enumerate([0, 255, 0, 255]):
+        Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(folder / f"{index}.png")
+    source = data.load_image_folder(folder, 4, 3)
+    images = np.concatenate([x for x, _ in _all(pipeline.make_pipeline(source, 2, seed=0))])
+    assert images.shape == (4, 4, 4, 3)
+    assert sorted(float(v) for v in np.unique(images)) == [-1.0, 1.0]
+    assert sorted(float(image.mean()) for image in images) == [-1.0, -1.0, 1.0, 1.0]
 
 
 def test_unknown_data_set_lists_the_valid_ones():

@@ -83,8 +83,20 @@ def np_ddpm(betas, seed, variance="beta_tilde", clip=True, stop=0):
     return x
 
 
+# The array positions DDIM visits at T = 20, written out by hand (not computed by the package's formula):
+# S positions evenly spaced from 0 to T - 1 = 19, both included, each rounded to the nearest integer
+# (a tie such as 9.5 goes to the even neighbour, 10); one step starts at x_T's step, position 19.
+DDIM_GRIDS = {
+    1: [19],
+    2: [0, 19],
+    5: [0, 5, 10, 14, 19],  # 0, 4.75, 9.5, 14.25, 19
+    7: [0, 3, 6, 10, 13, 16, 19],  # 0, 3.17, 6.33, 9.5, 12.67, 15.83, 19
+    20: list(range(20)),
+}
+
+
 def np_ddim(betas, seed, steps, eta, clip=True):
-    taus = np.round(np.linspace(0, T - 1, steps)).astype(int) if steps > 1 else np.array([T - 1])
+    taus = DDIM_GRIDS[steps]
     x = noise(seed, T)
     for k in range(len(taus) - 1, -1, -1):
         x = np_ddim_step(betas, x, taus[k], taus[k - 1] if k > 0 else None, eta, noise(seed, taus[k]), clip)
@@ -128,6 +140,11 @@ def test_ddim_step_matches_numpy(schedule, eta, i, i_prev, clip):
                              clip_x0=clip)
     np.testing.assert_allclose(got.numpy(), np_ddim_step(schedule.betas, x, i, i_prev, eta, z, clip),
                                atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps", sorted(DDIM_GRIDS))
+def test_ddim_timesteps_are_the_hand_written_grid(steps):
+    np.testing.assert_array_equal(samplers.ddim_timesteps(T, steps), DDIM_GRIDS[steps])
 
 
 def test_ddim_sigma_formula():

@@ -81,10 +81,29 @@ def exact_ddpm(betas, variance="beta_tilde"):
     return mean, var
 
 
+def ddim_grid(T, steps):
+    """DDIM's positions: k (T - 1) / (S - 1) to the nearest integer, in integer arithmetic (no float linspace).
+
+    The package rounds a tie to the even neighbour, this rounds it up; with T - 1 = 999 odd and every
+    S - 1 used here odd, k (T - 1) / (S - 1) is never a tie. Checked by hand in test_ddim_grid_by_hand.
+    """
+    if steps == 1:
+        return [T - 1]
+    return [(2 * k * (T - 1) + steps - 1) // (2 * (steps - 1)) for k in range(steps)]
+
+
+def test_ddim_grid_by_hand():
+    assert ddim_grid(1000, 10) == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert ddim_grid(1000, 20)[:4] == [0, 53, 105, 158]  # 52.58, 105.16, 157.74
+    assert ddim_grid(1000, 1000) == list(range(1000)) and ddim_grid(1000, 1) == [999]
+    for steps in (1000, 100, 50, 20, 10):
+        np.testing.assert_array_equal(sampling.ddim_timesteps(1000, steps), ddim_grid(1000, steps))
+
+
 def exact_ddim(betas, steps, eta):
     T = len(betas)
     ab = np.cumprod(1 - betas)
-    taus = np.round(np.linspace(0, T - 1, steps)).astype(int) if steps > 1 else np.array([T - 1])
+    taus = ddim_grid(T, steps)
     mean, var = 0.0, 1.0
     for k in range(len(taus) - 1, -1, -1):
         a_t = ab[taus[k]]
@@ -307,6 +326,15 @@ def test_nan_samples_raise(small_schedule):
     with pytest.raises(ValueError, match="NaN or infinite"):
         to_uint8(np.array([0.0, np.nan, 0.5]))
     np.testing.assert_array_equal(to_uint8(np.array([-1.0, 0.0, 1.0])), [0, 128, 255])
+
+
+def test_to_uint8_clips_values_outside_the_model_range():
+    from ddpm_helpers.plotting import to_display_range, to_uint8
+
+    # Samples overshoot [-1, 1]; without the clip, 1.5 would wrap around to 63 and -1.5 to 192 or so.
+    values = np.array([-3.0, -1.5, -1.0001, -1.0, 0.0, 1.0, 1.0001, 1.5, 3.0])
+    assert to_uint8(values).tolist() == [0, 0, 0, 0, 128, 255, 255, 255, 255]
+    assert to_display_range(values).tolist() == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
 
 
 def test_cached_samples_reload_redraw_and_refuse_nan(small_schedule, tmp_path, capsys):

@@ -48,12 +48,17 @@ def test_the_step_applies_no_update_with_a_nan_gradient(jit_compile):
     ema = training.ExponentialMovingAverage(model, ema_model, 0.9)
     step = training.make_train_step(model, optimizer, make_schedule("cosine", 20), _loss_with_nan_gradient_at(2),
                                     ema=ema, jit_compile=jit_compile)
-    batch = tf.constant(images_like := np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
+    batch = tf.constant(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32))
     labels = tf.zeros([4], tf.int32)
+    initial = [w.copy() for w in model.get_weights() + ema_model.get_weights()]
     assert np.isfinite(float(step(batch, labels, tf.constant(0, tf.int64))))
     after_one = [w.copy() for w in model.get_weights() + ema_model.get_weights()]
+    # the good step raised no alarm and did update the model and its EMA (so "no update" below means something)
+    assert int(step.bad_step) == 0 and int(optimizer.iterations) == 1
+    changed = [not np.array_equal(a, b) for a, b in zip(initial, after_one)]
+    assert any(changed[:len(model.get_weights())]) and any(changed[len(model.get_weights()):])
     loss = float(step(batch, labels, tf.constant(1, tf.int64)))  # NaN gradient, finite loss
-    assert np.isfinite(loss) and images_like.shape == (4, 8, 8, 1)
+    assert np.isfinite(loss)  # the guard reports the loss as computed: only the gradient was NaN
     assert int(step.bad_step) == 2 and int(step.bad_what) == 2  # step 2 (from 1), a gradient
     step(batch, labels, tf.constant(2, tf.int64))  # finite again, but the run is stopped: still no update
     for before, now in zip(after_one, model.get_weights() + ema_model.get_weights()):

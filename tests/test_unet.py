@@ -231,6 +231,51 @@ def test_output_depends_on_t():
     assert np.max(np.abs(y[0] - y[1])) > 1e-3
 
 
+def _encoder_feature(model, level):
+    """The output of encoder level ``level``: its last layer (block or attention) before down-sampling."""
+    down = [layer for layer in model.layers
+            if layer.name.startswith(f"down{level}_") and not layer.name.endswith("_downsample")]
+    return down[-1]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [small(), small(image_size=16, channels=3, widths=(8, 16, 16), attention_resolutions=(8,), num_res_blocks=2)],
+    ids=["2-levels", "3-levels-two-blocks"],
+)
+def test_each_decoder_level_concatenates_its_encoder_feature(config):
+    """Skip connections: the input of up level i holds, as a block of channels, the values of down level i."""
+    keras.utils.set_random_seed(0)
+    model = build_unet(**config)
+    x, t = batch(model)
+    for level in range(len(config["widths"])):
+        concat = model.get_layer(f"up{level}_concat")  # missing if the skip was dropped
+        encoder = _encoder_feature(model, level)
+        joined, feature = (np.asarray(a) for a in keras.Model(model.inputs, [concat.output, encoder.output])([x, t]))
+        width = feature.shape[-1]
+        assert width == config["widths"][level] and joined.shape[:3] == feature.shape[:3]
+        assert joined.shape[-1] > width  # the decoder's own features and the skip, side by side
+        # one end of the channels is down level i itself (not another level, not a copy of the decoder's h)
+        skip_last = np.array_equal(joined[..., -width:], feature)
+        assert skip_last or np.array_equal(joined[..., :width], feature), f"no skip at level {level}"
+        decoder_part = joined[..., :-width] if skip_last else joined[..., width:]
+        n = min(width, decoder_part.shape[-1])
+        assert np.max(np.abs(decoder_part[..., :n] - feature[..., :n])) > 1e-3  # h is not the skip again
+
+
+def test_the_finest_skip_alone_carries_the_image_when_the_path_below_is_cut():
+    """Zero the first down-sampling: then only the level-0 skip connection can carry x to the output."""
+    keras.utils.set_random_seed(0)
+    model = build_unet(**small())
+    cut = model.get_layer("down0_downsample")
+    for weight in (cut.kernel, cut.bias):
+        weight.assign(np.zeros(weight.shape, "float32"))
+    x, t = batch(model, n=1)
+    other = np.random.default_rng(5).standard_normal(x.shape).astype("float32")
+    y, y_other = (np.asarray(model([image, t])) for image in (x, other))
+    assert np.max(np.abs(y - y_other)) > 1e-2
+
+
 def test_same_seed_same_model():
     outputs = []
     for _ in range(2):
