@@ -61,9 +61,11 @@ notebooks-check: $(INSTALLED)
 pytest: $(INSTALLED)
 	$(call share_cores,2) $(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2
 
-# One notebook per worker (--dist loadfile): a notebook's cells share one kernel.
+# One notebook per worker (--dist loadfile): a notebook's cells share one kernel. DDPM_RUNS_DIR is
+# unset, as in Colab: the notebooks train into book/runs (relative to their folder), the first one
+# that needs the shared model trains it and the others wait for it, then load it.
 nbval: $(INSTALLED)
-	DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
+	DDPM_RUNS_DIR= DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
@@ -108,7 +110,7 @@ colab-check: colab-runtime-known $(COLAB_VENV)/.installed
 	$(COLAB_VENV)/bin/python -m pip install -q "ddpm_helpers @ file://$(CURDIR)/$(COLAB_DIR)/src"
 	$(COLAB_VENV)/bin/python .ci/colab_pins.py $(COLAB_REQUIREMENTS)
 	cp book/*.ipynb $(COLAB_DIR)/notebooks/
-	cd $(COLAB_DIR)/notebooks && DDPM_PROFILE=smoke DDPM_RUNS_DIR=$(CURDIR)/$(COLAB_DIR)/runs \
+	cd $(COLAB_DIR)/notebooks && DDPM_PROFILE=smoke DDPM_RUNS_DIR= \
 	  $(CURDIR)/$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider \
 	  --rootdir . -c /dev/null *.ipynb
 	@echo "make colab-check: every notebook ran with Colab $(COLAB_RUNTIME)'s versions (Python $(COLAB_PYTHON_VERSION))"

@@ -38,13 +38,13 @@ def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint").exists():
         return []
+    # The index lists the checkpoints CheckpointManager kept, already joined with the folder as
+    # given (relative or not): only their names are taken, and joined with run_dir once.
     state = tf.train.get_checkpoint_state(str(run_dir))
     found = []
-    for path in (state.all_model_checkpoint_paths if state else []):
-        path = Path(path)
-        path = path if path.is_absolute() else run_dir / path
-        if Path(f"{path}.index").exists():
-            found.append((int(path.name.rsplit("-", 1)[1]), run_dir / path.name))
+    for name in (Path(path).name for path in (state.all_model_checkpoint_paths if state else [])):
+        if (run_dir / f"{name}.index").exists():
+            found.append((int(name.rsplit("-", 1)[1]), run_dir / name))
     return sorted(found)
 
 
@@ -66,11 +66,12 @@ class RunCheckpoint:
     """The checkpoint of one run: what it tracks, and a ``CheckpointManager`` over ``run_dir``.
 
     ``optimizer`` may be None (loading a run for sampling). ``save(step, history, meta)`` writes
-    ``ckpt-<step>``; ``restore(step=None)`` reads the newest (or the given) one back and returns
+    ``ckpt-<step>`` and keeps the newest ``keep`` (None: all, for a reader that never saves);
+    ``restore(step=None)`` reads the newest (or the given) one back and returns
     ``(step, history, meta)``.
     """
 
-    def __init__(self, run_dir, model, ema_model, optimizer=None, *, seed: int = 0, keep: int = 2):
+    def __init__(self, run_dir, model, ema_model, optimizer=None, *, seed: int = 0, keep: int | None = 2):
         import tensorflow as tf
 
         self.run_dir = Path(run_dir)
@@ -85,7 +86,7 @@ class RunCheckpoint:
         if optimizer is not None:
             tracked["optimizer"] = optimizer
         self.checkpoint = tf.train.Checkpoint(**tracked)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir), max_to_keep=keep or None,
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.run_dir), max_to_keep=keep,
                                                   checkpoint_name=CHECKPOINT_NAME)
 
     def save(self, step: int, history: dict, meta: dict) -> Path:

@@ -9,8 +9,10 @@ docstring changes nothing.
 A stale run, or one of another configuration, is never deleted: :func:`move_aside` renames it
 ``NAME.stale-<n>`` and says so. :func:`resume_differences` separates the settings a resumed run
 may change (learning rate, total steps, the seed of the batches and noise, XLA) from those it may
-not (model, data, schedule, loss). :func:`run_lock` keeps two processes (two chapters built at
-once) from training the same run twice.
+not (model, data, schedule, loss). :func:`run_lock` is held by every writer of a run folder: a
+second process is refused, or waits (two chapters built at once train the shared model once).
+:func:`run_folder` is the one resolution of a folder name (``~``, relative paths) and
+:func:`prepare_run_dir` never moves or writes over anything but a run of this package.
 """
 
 from __future__ import annotations
@@ -179,14 +181,31 @@ def stale_reason(run_dir) -> str | None:
     return None
 
 
-def holds_a_run(run_dir) -> bool:
+def run_folder(path) -> Path:
+    """The run folder ``path`` as every command and function uses it: ``~`` expanded, relative
+    paths kept relative to the working directory (spaces are fine). ``ValueError`` for a file."""
+    run_dir = Path(os.path.expanduser(str(path)))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{str(run_dir)!r} is a file, not a run folder: pass a folder (new or holding a run) "
+                         "as --out / run_dir.")
+    return run_dir
+
+
+def is_run_folder(run_dir) -> bool:
+    """Whether ``run_dir`` holds a run of this package: a ``config.json`` or checkpoint files."""
+    from ddpm_helpers.checkpoints import CHECKPOINT_NAME
+
     run_dir = Path(run_dir)
-    return run_dir.is_dir() and any(run_dir.iterdir())
+    return run_dir.is_dir() and any(p.name in (CONFIG_FILE, "checkpoint") or p.name.startswith(f"{CHECKPOINT_NAME}-")
+                                    for p in run_dir.iterdir())
 
 
 def move_aside(run_dir, reason: str) -> Path:
-    """Rename ``run_dir`` to ``NAME.stale-<n>`` (the first free n), print where it went, return the new path."""
+    """Rename the run in ``run_dir`` to ``NAME.stale-<n>`` (the first free n), print where it went,
+    return the new path. Refuses a folder that holds no run: only runs are moved."""
     run_dir = Path(run_dir)
+    if not is_run_folder(run_dir):
+        raise ValueError(f"{run_dir} holds no run (no {CONFIG_FILE} or checkpoint): nothing was moved.")
     n = 1
     while (target := run_dir.with_name(f"{run_dir.name}.stale-{n}")).exists():
         n += 1
@@ -195,27 +214,70 @@ def move_aside(run_dir, reason: str) -> Path:
     return target
 
 
+def stored_config(run_dir) -> dict | None:
+    """The ``config.json`` of the run in ``run_dir`` when it is one this version can continue, else None."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists() or stale_reason(run_dir):
+        return None
+    return read_config(run_dir)
+
+
+def _quote(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def resume_command(run_dir, strategy: str | None = None, replicas: int | None = None) -> str:
+    """The command that continues the run in ``run_dir`` (its other settings come from its
+    ``config.json``)."""
+    extra = f" --strategy {strategy}" if strategy and strategy != "none" else ""
+    extra += f" --replicas {replicas}" if replicas else ""
+    return f"python -m ddpm_helpers train --out {_quote(run_dir)} --resume{extra}"
+
+
+def _unrelated_files(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+
+
 def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_min_steps: int) -> int:
-    """The step a run starts from: 0 for a new run (a run already in ``run_dir`` is moved aside), else
-    that of the newest checkpoint, if ``resume`` and the stored configuration allows it (a note says
-    which training-only settings changed). Completes ``config``: ``xla`` (default: the resumed run's,
-    else XLA from ``xla_min_steps`` steps on) and ``changes``."""
+    """The step a run starts from, after checking ``run_dir``; completes ``config`` (``xla``:
+    default the resumed run's, else XLA from ``xla_min_steps`` steps on; ``changes``).
+
+    - A new run (``resume`` False): a run already in ``run_dir`` is moved aside
+      (:func:`move_aside`); a folder that holds other files is refused (nothing is moved).
+    - ``resume``: the step of the newest checkpoint, if the stored configuration allows it (a note
+      says which training-only settings changed); step 0 in place for a run that stopped before
+      its first checkpoint; refused for a folder that holds no run, or a stale one.
+    """
+    from ddpm_helpers.checkpoints import latest_checkpoint
+
     found = None
     if resume:
+        if not is_run_folder(run_dir):
+            listed = _unrelated_files(run_dir)
+            what = f"it holds {', '.join(listed[:5])}" if listed else "it does not exist or is empty"
+            raise ValueError(f"Cannot resume {run_dir}: it holds no run ({what}). Start a new run there without "
+                             f"--resume, e.g. `python -m ddpm_helpers train --out {_quote(run_dir)}`.")
         problem = stale_reason(run_dir)
         if problem:
-            raise ValueError(f"Cannot resume {run_dir}: {problem}. Train it afresh without --resume / resume=True "
-                             f"(the old run is then moved aside, not deleted).")
-        from ddpm_helpers.checkpoints import latest_checkpoint
-
+            raise ValueError(f"Cannot resume {run_dir}: {problem}. Train it afresh: "
+                             f"`python -m ddpm_helpers train --out {_quote(run_dir)} --overwrite` "
+                             "(the old run is moved aside, not deleted).")
         found = latest_checkpoint(run_dir)
         if found is None:
-            print(f"No checkpoint in {run_dir}: starting from step 0.")
+            print(f"{run_dir} holds no checkpoint yet (it stopped before its first): training it from step 0.")
+    elif is_run_folder(run_dir):
+        move_aside(run_dir, "a new run starts in its place")
+    elif _unrelated_files(run_dir):
+        listed = _unrelated_files(run_dir)
+        raise ValueError(f"{run_dir} is not empty and holds no run ({', '.join(listed[:5])}"
+                         f"{', ...' if len(listed) > 5 else ''}): choose a new or empty folder for --out "
+                         "(nothing was moved).")
     if found is None:
         if config["xla"] is None:
-            config["xla"] = steps >= xla_min_steps
-        if holds_a_run(run_dir):
-            move_aside(run_dir, "a new run starts in its place")
+            stored = stored_config(run_dir) if resume else None
+            config["xla"] = stored.get("xla") if stored and stored.get("xla") is not None else steps >= xla_min_steps
         run_dir.mkdir(parents=True, exist_ok=True)
         return 0
     stored = read_config(run_dir)
@@ -225,9 +287,11 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_m
     if refused:
         raise ValueError(
             f"Cannot resume {run_dir}: it was trained with a different model, data or schedule ({', '.join(refused)}). "
-            "Resume with those settings as they were, or train afresh (without --resume) into another folder.")
+            f"Resume with those settings as they were (`{resume_command(run_dir)}` takes them from its "
+            f"{CONFIG_FILE}), or train afresh (without --resume) into another folder.")
     if found[0] > steps:
-        raise ValueError(f"{run_dir} already holds {found[0]} steps, more than the {steps} requested.")
+        raise ValueError(f"{run_dir} already holds {found[0]} steps, more than the {steps} requested: pass "
+                         f"--steps {found[0]} or more.")
     config["changes"] = list(stored.get("changes", [])) + ([{"step": found[0], **changed}] if changed else [])
     note = f" with changed training settings: {describe_changes(changed)}" if changed else ""
     if "xla" in changed:
@@ -276,11 +340,67 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV_VAR) or "runs")
 
 
-def run_lock(runs_dir, name: str):
-    """An exclusive lock (``filelock``) for the run ``name``: a second process waits until the first
-    has trained it, then loads it."""
-    from filelock import FileLock
+class RunBusyError(RuntimeError):
+    """Another process is writing the run folder; the message names it (pid, host, since when)."""
 
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(runs_dir / f".{name}.lock"))
+
+_HELD_LOCKS: dict[str, int] = {}  # lock files this process holds, with their nesting depth
+
+
+def _lock_owner(owner_file: Path) -> str:
+    try:
+        owner = json.loads(owner_file.read_text())
+        return f"process {owner['pid']} on {owner['host']} (since {owner['since']}: {owner['command']})"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir, *, wait: bool = False, on_wait=print):
+    """Hold the lock of the run folder ``run_dir`` (the file ``.NAME.lock`` beside it) while writing it.
+
+    Every writer takes it (:func:`ddpm_helpers.training.train`, hence the command line, and
+    :func:`ddpm_helpers.training.load_or_train`). If another process holds it, ``wait=False``
+    raises :class:`RunBusyError` naming that process; ``wait=True`` calls ``on_wait`` with one
+    line naming it, then waits (``load_or_train``: two chapters built at once train the shared
+    model once, the second loads it). Taking it again inside the same process nests.
+    """
+    import datetime
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    lock_file = (run_dir.parent / f".{run_dir.name}.lock").absolute()
+    key = str(lock_file)
+    if _HELD_LOCKS.get(key):
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock, owner_file = FileLock(key), Path(key + ".owner")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = _lock_owner(owner_file)
+        if not wait:
+            raise RunBusyError(f"{run_dir} is being written by {owner}. Wait until it has finished, or write "
+                               "to another folder (--out).") from None
+        if on_wait is not None:
+            on_wait(f"Waiting: {run_dir} is being written by {owner}.")
+        lock.acquire()
+    try:
+        command = " ".join(sys.argv) if sys.argv and sys.argv[0] else "python"
+        owner_file.write_text(json.dumps({
+            "pid": os.getpid(), "host": socket.gethostname(), "command": command[:200],
+            "since": datetime.datetime.now().isoformat(timespec="seconds")}))
+        _HELD_LOCKS[key] = 1
+        yield
+    finally:
+        _HELD_LOCKS.pop(key, None)
+        with contextlib.suppress(OSError):
+            owner_file.unlink()
+        lock.release()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import zipfile
@@ -161,8 +162,12 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
     Raises ``ValueError`` naming the file for a missing, truncated or foreign file, images that
     are not uint8 N x H x W x C, and a ``meta`` that is not a JSON object.
     """
-    path = Path(path)
-    redo = f"write it with `python -m ddpm_helpers sample --run RUN --out {path}`."
+    path = Path(os.path.expanduser(str(path)))
+    redo = f"write it with: python -m ddpm_helpers sample --run RUN --out {shlex.quote(str(path))}"
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; --samples takes one .npz file written by 'sample', e.g. "
+                         f"{shlex.quote(str(path / 'samples.npz'))}. To make one: python -m ddpm_helpers sample "
+                         "--run RUN --out samples.npz")
     if not path.is_file():
         raise ValueError(f"{path} does not exist: {redo}")
     try:
@@ -194,6 +199,7 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
 
 def sample_from_cli(args) -> int:
     """``python -m ddpm_helpers sample --run RUN --n N --sampler ddpm|ddim [--steps S] [--eta E] [--seed K] --out F``."""
+    from ddpm_helpers.runs import run_folder
     from ddpm_helpers.sampling import sample
     from ddpm_helpers.training import load_run
 
@@ -204,10 +210,12 @@ def sample_from_cli(args) -> int:
             raise ValueError("DDPM always runs all T steps: drop --steps, or use --sampler ddim --steps S.")
         if not str(args.out).endswith(".npz"):
             raise ValueError(f"--out must be an .npz file, got {args.out!r}; e.g. --out samples.npz.")
-        run = load_run(args.run)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        run = load_run(run_folder(args.run))
         profile = run.profile
         labels = default_labels(args.n, run.num_classes)
-        batch_size = getattr(args, "batch_size", None) or min(args.n, 500)
+        batch_size = args.batch_size or min(args.n, 500)
         result = sample(run.ema_model, run.schedule, args.n, (profile.image_size, profile.image_size, profile.channels),
                         sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed, labels=labels,
                         batch_size=batch_size, progress=True)

@@ -6,10 +6,11 @@ from its run folder (:mod:`ddpm_helpers.runs`, :mod:`ddpm_helpers.checkpoints`).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
 from ddpm_helpers.checkpoints import RunCheckpoint, list_checkpoints
-from ddpm_helpers.runs import CONFIG_FILE, profile_from_dict, read_config, stale_reason
+from ddpm_helpers.runs import CONFIG_FILE, profile_from_dict, read_config, resume_command, run_folder, stale_reason
 from ddpm_helpers.train_step import build_models
 
 
@@ -64,20 +65,21 @@ def load_run(run_dir, *, checkpoint=None) -> TrainedRun:
     """
     from ddpm_helpers.schedules import make_schedule
 
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)
     problem = stale_reason(run_dir)
     if problem:
-        raise ValueError(f"Cannot load {run_dir}: {problem}. Train it again (load_or_train moves it aside).")
+        raise ValueError(f"Cannot load {run_dir}: {problem}. Train it again: python -m ddpm_helpers train --out "
+                         f"{shlex.quote(str(run_dir))} --overwrite (load_or_train moves it aside by itself).")
     config = read_config(run_dir)
     available = list_checkpoints(run_dir)
     if not available:
         raise FileNotFoundError(
-            f"{run_dir} has a {CONFIG_FILE} but no checkpoint: training never reached its first checkpoint. "
-            f"Continue it with `python -m ddpm_helpers train --out {run_dir} --resume` or train(..., resume=True).")
+            f"{run_dir} has a {CONFIG_FILE} but no checkpoint: training stopped before its first checkpoint. "
+            f"Continue it (with its own settings) with: {resume_command(run_dir)}")
     step = available[-1][0] if checkpoint is None else _checkpoint_step(checkpoint, available, run_dir)
     profile = profile_from_dict(config["profile"])
     model, ema_model = build_models(profile, config.get("num_classes"))
-    _, history, meta = RunCheckpoint(run_dir, model, ema_model, keep=0).restore(step)
+    _, history, meta = RunCheckpoint(run_dir, model, ema_model, keep=None).restore(step)
     return TrainedRun(model=model, ema_model=ema_model, schedule=make_schedule(profile.schedule, profile.timesteps),
                       profile=profile, history=history, run_dir=run_dir, config=config, step=step,
                       train_seconds=float(meta.get("train_seconds") or float("nan")),

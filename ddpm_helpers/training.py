@@ -27,20 +27,23 @@ from ddpm_helpers.checkpoints import HISTORY_KEYS, RunCheckpoint, checkpoint_pat
 from ddpm_helpers.distribute import make_distributed_train_step, make_strategy, precision_policy, setup_strategy
 from ddpm_helpers.learning_rates import (LR_SCHEDULES, ConstantLearningRate, ExponentialMovingAverage,
                                          SeedLearningRate, learning_rates, make_learning_rate, seed_learning_rate)
-from ddpm_helpers.runs import (CONFIG_FILE, FORMAT_VERSION, RUNS_DIR_ENV_VAR, _atomic_write_bytes, config_differences,
-                               config_identity, default_runs_dir, make_config, move_aside, prepare_run_dir,
-                               profile_from_dict, read_config, run_lock, run_name, stale_reason, write_config)
+from ddpm_helpers.runs import (CONFIG_FILE, FORMAT_VERSION, RUNS_DIR_ENV_VAR, RunBusyError, _atomic_write_bytes,
+                               config_differences, config_identity, default_runs_dir, make_config, move_aside,
+                               prepare_run_dir, profile_from_dict, read_config, resume_command, run_folder, run_lock,
+                               run_name, stale_reason, stored_config, write_config)
 from ddpm_helpers.train_step import (RNG_ALGORITHM, NonFiniteLossError, build_models, build_training_state,
                                      draw_step_randomness, drop_labels, evaluation_loss, make_train_step,
                                      measure_step_time, step_keys)
+from ddpm_helpers.interrupts import TrainingInterrupted, stop_requests
 from ddpm_helpers.trained_run import TrainedRun, load_run
 
 __all__ = [
     "CONFIG_FILE", "FORMAT_VERSION", "LR_SCHEDULES", "RNG_ALGORITHM", "RUNS_DIR_ENV_VAR", "RUNNING_LOSS_DECAY",
-    "XLA_MIN_STEPS", "ConstantLearningRate", "ExponentialMovingAverage", "NonFiniteLossError", "RunCheckpoint",
+    "XLA_MIN_STEPS", "ConstantLearningRate", "ExponentialMovingAverage", "NonFiniteLossError", "RunBusyError",
+    "RunCheckpoint", "TrainingInterrupted",
     "make_strategy", "profile_from_dict",
     "SeedLearningRate", "TrainedRun", "_atomic_write_bytes", "build_models", "checkpoint_path",
-    "config_differences", "config_identity", "draw_step_randomness", "drop_labels", "evaluation_loss",
+    "config_differences", "config_identity", "default_runs_dir", "draw_step_randomness", "drop_labels", "evaluation_loss",
     "latest_checkpoint", "learning_rates", "list_checkpoints", "load_or_train", "load_run", "make_config",
     "make_learning_rate", "make_train_step", "measure_step_time", "profile_from_dict", "read_config", "run_name",
     "seed_learning_rate", "step_keys", "train", "write_config",
@@ -122,25 +125,33 @@ def _next_batch(batches, source):
 
 def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool = False, data=None,
           seed: int | None = None, progress: bool = True, num_classes: int | None = None,
-          label_dropout: float = 0.0, lr_schedule: str = "seed", learning_rate: float | None = None,
+          label_dropout: float | None = None, lr_schedule: str | None = None, learning_rate: float | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 2, jit_compile: bool | None = None,
           loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
-          mixed_precision: bool = False) -> TrainedRun:
+          mixed_precision: bool | None = None) -> TrainedRun:
     """Train the profile's U-Net as a DDPM and write checkpoints and ``config.json`` to ``run_dir``.
 
     - ``steps`` (default ``profile.train_steps``), ``seed`` (default ``profile.seed``), ``data``
       (default ``profile.dataset``; any spec :func:`ddpm_helpers.data.load_data` accepts),
       ``learning_rate`` (default ``profile.learning_rate``), the base of ``lr_schedule`` (a name
-      for :func:`make_learning_rate`).
+      for :func:`make_learning_rate`; default ``"seed"``).
     - ``num_classes``: train a class-conditional model (``model([x, t, label])``) on the data's
       labels; ``label_dropout`` replaces a label by the null label ``num_classes`` with that
       probability (for classifier-free guidance).
     - A checkpoint is written every ``checkpoint_every`` (default ``profile.checkpoint_every``)
-      steps and at the end; the newest ``keep_checkpoints`` are kept.
+      steps, at the end, and when SIGINT (Ctrl-C, a notebook's stop button) or SIGTERM arrives:
+      then training stops after the step it is in, saves it and raises
+      :class:`~ddpm_helpers.interrupts.TrainingInterrupted`, whose message is the command that
+      continues it. The newest ``keep_checkpoints`` are kept.
     - ``resume=True`` continues from the newest checkpoint of ``run_dir`` and ends with the weights
-      an uninterrupted run would have. It may change the learning rate, the steps, the seed of the
-      batches and noise and XLA (a note says what changed), not the model, data or schedule.
-      Without it, a run already in ``run_dir`` is moved aside to ``run_dir.stale-<n>``.
+      an uninterrupted run would have; the settings not passed (profile, data, steps, seed,
+      conditioning, schedule, precision) are the run's own, from its ``config.json``. It may change
+      the learning rate, the steps, the seed of the batches and noise and XLA (a note says what
+      changed), not the model, data or schedule. It refuses a folder that holds no run.
+      Without it, a run already in ``run_dir`` is moved aside to ``run_dir.stale-<n>``; a folder
+      holding other files is refused.
+    - One writer at a time: another process writing ``run_dir`` makes this one raise
+      :class:`~ddpm_helpers.runs.RunBusyError` (:func:`~ddpm_helpers.runs.run_lock`).
     - A NaN or infinite loss or gradient stops training with :class:`NonFiniteLossError` naming the
       step and the last good checkpoint: that step's update is not applied and nothing is saved
       after it. ``loss_fn`` overrides the profile's loss (tests use it), ``on_step(step, loss)``
@@ -156,45 +167,73 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
       keeping the weights, the network's output, the loss and the EMA in float32
       (:func:`ddpm_helpers.distribute.precision_policy`).
     """
+    from ddpm_helpers.profiles import get_profile
+
+    if run_dir is None:
+        profile = get_profile() if profile is None else profile
+        run_dir = default_runs_dir() / run_name(profile)
+    run_dir = run_folder(run_dir)
+    stored = stored_config(run_dir) if resume else None
+    if stored is not None:  # what is not passed is the run's own
+        profile = profile_from_dict(stored["profile"]) if profile is None else profile
+        data = stored["data"] if data is None else data
+        steps, seed = (stored[k] if v is None else v for k, v in (("steps", steps), ("seed", seed)))
+        num_classes = stored.get("num_classes") if num_classes is None else num_classes
+        label_dropout = stored.get("label_dropout", 0.0) if label_dropout is None else label_dropout
+        lr_schedule = stored.get("lr_schedule", "seed") if lr_schedule is None else lr_schedule
+        if mixed_precision is None:
+            mixed_precision = stored.get("precision", "float32") != "float32"
+    profile = get_profile() if profile is None else profile
+    profile = profile if learning_rate is None else profile.replace(learning_rate=float(learning_rate))
+    settings = dict(
+        steps=int(profile.train_steps if steps is None else steps), seed=int(profile.seed if seed is None else seed),
+        num_classes=num_classes, label_dropout=float(label_dropout or 0.0), lr_schedule=lr_schedule or "seed",
+        checkpoint_every=int(profile.checkpoint_every if checkpoint_every is None else checkpoint_every),
+        keep_checkpoints=keep_checkpoints)
+    _check_settings(**settings)
+    source, config = _source_and_config(profile, data, xla=jit_compile, **{
+        k: settings[k] for k in ("steps", "seed", "num_classes", "label_dropout", "lr_schedule")})
+    with run_lock(run_dir), stop_requests() as stop:  # a signal from here on stops after a step, saved
+        return _train_in(stop, run_dir, profile, source, config, settings, resume=resume, progress=progress,
+                         loss_fn=loss_fn, on_step=on_step, strategy=strategy, replicas=replicas,
+                         mixed_precision=bool(mixed_precision))
+
+
+def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progress, loss_fn, on_step, strategy,
+              replicas, mixed_precision) -> TrainedRun:
+    """The body of :func:`train`, holding the run folder's lock: set up, then the loop. A signal
+    (``stop``) ends it after the step it arrives in (the first, if it comes during the set-up)."""
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers.pipeline import iterate_batches
     from ddpm_helpers.diffusion import diffusion_loss
     from ddpm_helpers.pages import ProgressBar
-    from ddpm_helpers.profiles import get_profile
+    from ddpm_helpers.pipeline import iterate_batches
     from ddpm_helpers.schedules import make_schedule
 
-    profile = get_profile() if profile is None else profile
-    profile = profile if learning_rate is None else profile.replace(learning_rate=float(learning_rate))
-    run_dir = Path(run_dir) if run_dir is not None else default_runs_dir() / run_name(profile)
-    steps = int(profile.train_steps if steps is None else steps)
-    seed = int(profile.seed if seed is None else seed)
-    checkpoint_every = int(checkpoint_every or profile.checkpoint_every)
-    _check_settings(steps, num_classes, label_dropout, lr_schedule)
-    source, config = _source_and_config(profile, data, steps=steps, seed=seed, num_classes=num_classes,
-                                        label_dropout=label_dropout, lr_schedule=lr_schedule, xla=jit_compile)
-
+    steps, seed, checkpoint_every = settings["steps"], settings["seed"], settings["checkpoint_every"]
     strategy = setup_strategy(strategy, replicas, profile.batch_size, config)
     config["precision"] = precision_policy(mixed_precision, strategy)
+    if config["precision"] != "float32":
+        print(f"Computing in {config['precision']} (Keras mixed precision; weights, loss and EMA in float32).")
     keras.utils.set_random_seed(seed)  # the initial weights (and, with pipeline.make_pipeline's seeds, the data order)
     model, ema_model, optimizer, ema, rate = build_training_state(
-        profile, num_classes=num_classes, lr_schedule=lr_schedule, steps=steps, strategy=strategy,
-        precision=config["precision"])
+        profile, num_classes=settings["num_classes"], lr_schedule=settings["lr_schedule"], steps=steps,
+        strategy=strategy, precision=config["precision"])
     start = prepare_run_dir(run_dir, config, resume, steps, XLA_MIN_STEPS)
-    checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=keep_checkpoints)
+    checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=settings["keep_checkpoints"])
     _, history, meta = checkpoint.restore(start) if start else (0, {key: [] for key in HISTORY_KEYS}, {})
     checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
     write_config(run_dir, config)
 
     schedule = make_schedule(profile.schedule, profile.timesteps)
-    step_options = dict(ema=ema, seed=seed, num_classes=num_classes, label_dropout=label_dropout)
+    step_options = dict(ema=ema, seed=seed, num_classes=settings["num_classes"],
+                        label_dropout=settings["label_dropout"])
+    loss_fn = loss_fn or diffusion_loss(profile.loss)
     if strategy is None:
-        train_step = make_train_step(model, optimizer, schedule, loss_fn or diffusion_loss(profile.loss),
-                                     jit_compile=config["xla"], **step_options)
+        train_step = make_train_step(model, optimizer, schedule, loss_fn, jit_compile=config["xla"], **step_options)
     else:
-        train_step = make_distributed_train_step(strategy, model, optimizer, schedule,
-                                                 loss_fn or diffusion_loss(profile.loss), **step_options)
+        train_step = make_distributed_train_step(strategy, model, optimizer, schedule, loss_fn, **step_options)
     batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
     curve = _History(history, learning_rates(rate, start, steps), start)
     clock, last_saved, bar, last_flush = _Clock(start, meta), start or None, None, 0.0
@@ -202,15 +241,17 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     for step in range(start + 1, steps + 1):
         images, labels = _next_batch(batches, source)
         curve.pending.append(train_step(images, labels, tf.constant(step - 1, tf.int64)))
-        if bar is None:  # the first step traced and compiled the graph
+        if bar is None:  # the first step traced and compiled the graph; the bar counts this session's steps
             curve.pending[-1].numpy()
-            bar = ProgressBar(steps, label=f"training {run_dir.name}: compiled the step in {clock.compiled():.1f} s",
+            label = f"training {run_dir.name}" + (f" from step {start}" if start else "")
+            bar = ProgressBar(steps - start, label=f"{label}: compiled the step in {clock.compiled():.1f} s",
                               enabled=progress, stateful_metrics=["loss", "running_loss", "lr"])
-        saving = step % checkpoint_every == 0 or step == steps
+        stopping = stop.requested  # read once: a signal that comes later in this step is seen after the next
+        saving = step % checkpoint_every == 0 or step == steps or stopping
         if saving or on_step is not None or (progress and time.perf_counter() - last_flush > PROGRESS_SECONDS):
             if int(train_step.bad_step):
                 raise _non_finite_error(train_step, steps, run_dir, last_saved)
-            bar.update(step, curve.flush(step))
+            bar.update(step - start, curve.flush(step))
             last_flush = time.perf_counter()
             if on_step is not None:
                 on_step(step, curve.history["loss"][-1])
@@ -218,11 +259,23 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
             meta = clock.meta(step, seed, source.steps_per_epoch(profile.batch_size))
             checkpoint.save(step, curve.history, meta)
             last_saved = step
+        if stopping and step < steps:
+            raise _interrupted(stop, step, steps, run_dir, strategy, replicas)
 
     return TrainedRun(model=model, ema_model=ema_model, schedule=schedule, profile=profile, history=curve.history,
                       run_dir=run_dir, config=config, step=max(start, steps),
                       train_seconds=float(meta.get("train_seconds") or 0.0),
                       steps_per_second=meta.get("steps_per_second") or float("nan"), optimizer=optimizer)
+
+
+def _interrupted(stop, step, steps, run_dir, strategy, replicas):
+    from ddpm_helpers.interrupts import TrainingInterrupted
+
+    names = {"MirroredStrategy": "mirrored", "MultiWorkerMirroredStrategy": "multiworker", "TPUStrategy": "tpu"}
+    command = resume_command(run_dir, names.get(type(strategy).__name__), replicas)
+    return TrainingInterrupted(
+        f"Stopped by {stop.name} at step {step} of {steps}; saved {checkpoint_path(run_dir, step)}. "
+        f"Continue with: {command} (in Python: train(..., resume=True)).", stop.signal_number, step)
 
 
 def _source_and_config(profile, data, *, num_classes, **settings):
@@ -240,9 +293,15 @@ def _source_and_config(profile, data, *, num_classes, **settings):
     return source, config
 
 
-def _check_settings(steps, num_classes, label_dropout, lr_schedule):
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}.")
+def _check_settings(*, steps, seed, num_classes, label_dropout, lr_schedule, checkpoint_every, keep_checkpoints):
+    for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every),
+                        ("keep_checkpoints", keep_checkpoints)):
+        if value is None or int(value) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{name} ({flag}) must be at least 1, got {value}.")
+    if num_classes is not None and int(num_classes) < 2:
+        raise ValueError(f"num_classes (--num-classes) must be at least 2 for a conditional model, got {num_classes}; "
+                         "leave it out for an unconditional one.")
     if not 0.0 <= label_dropout < 1.0:
         raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}.")
     if label_dropout and not num_classes:
@@ -259,16 +318,18 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
     steps, seed, conditioning, learning-rate schedule, format version) is the one requested; a
     run of the same configuration that stopped early is resumed from its last checkpoint; any
     other run is moved aside to ``NAME.stale-<n>`` (never deleted) and trained again, saying why.
+    Two processes asking for the same run at once: the second waits for the first, then loads.
     ``train_kwargs`` go to :func:`train` (``steps``, ``data``, ``num_classes``, ...).
     """
     from ddpm_helpers.data import load_data
+    from ddpm_helpers.pages import is_book_build
     from ddpm_helpers.profiles import get_profile
 
     profile = get_profile() if profile is None else profile
-    runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
-    name = run_name(profile, **train_kwargs)
-    run_dir = runs_dir / name
-    with run_lock(runs_dir, name):
+    runs_dir = run_folder(runs_dir) if runs_dir is not None else default_runs_dir()
+    run_dir = runs_dir / run_name(profile, **train_kwargs)
+    # a second process (another chapter, a second notebook) waits, then loads what the first trained
+    with run_lock(run_dir, wait=True, on_wait=None if is_book_build() else print):
         reason = stale_reason(run_dir)
         resume = False
         if reason is None and (run_dir / CONFIG_FILE).exists():
@@ -279,8 +340,8 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
                 profile, data_spec=data_spec if isinstance(data_spec, str) else source.name,
                 data_fingerprint=source.fingerprint, steps=int(train_kwargs.get("steps") or profile.train_steps),
                 seed=int(profile.seed if train_kwargs.get("seed") is None else train_kwargs["seed"]),
-                num_classes=train_kwargs.get("num_classes"), label_dropout=float(train_kwargs.get("label_dropout", 0.0)),
-                lr_schedule=train_kwargs.get("lr_schedule", "seed"))
+                num_classes=train_kwargs.get("num_classes"), label_dropout=float(train_kwargs.get("label_dropout") or 0.0),
+                lr_schedule=train_kwargs.get("lr_schedule") or "seed")
             stored = read_config(run_dir)
             ignore = ("xla",) if train_kwargs.get("jit_compile") is None else ()
             requested["xla"] = stored.get("xla") if ignore else bool(train_kwargs["jit_compile"])

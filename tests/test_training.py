@@ -106,7 +106,7 @@ def _restored(run_dir, step, num_classes=None):
     model, ema_model = training.build_models(PROFILE, num_classes)
     optimizer = keras.optimizers.Adam(training.make_learning_rate("seed", PROFILE.learning_rate, 36))
     optimizer.build(model.trainable_variables)
-    training.RunCheckpoint(run_dir, model, ema_model, optimizer, keep=0).restore(step)
+    training.RunCheckpoint(run_dir, model, ema_model, optimizer, keep=None).restore(step)
     return model, ema_model, optimizer
 
 
