@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The book's own build tooling lives in .ci/booktools, outside the package readers install.
+TOOLS := PYTHONPATH=$(CURDIR)/.ci $(BIN)/python
 JB := $(BIN)/jupyter-book
 DDPM_PROFILE ?= default
 
@@ -32,7 +34,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# Chapters are executed first, JOBS at a time (ddpm_helpers.bookbuild), into the jupyter-cache
+# Chapters are executed first, JOBS at a time (.ci/booktools/bookbuild.py), into the jupyter-cache
 # that Jupyter Book then renders from (execute_notebooks: cache in _config.yml).
 # DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
 NPROC := $(shell nproc 2>/dev/null || echo 2)
@@ -43,7 +45,7 @@ tf_threads = TF_NUM_INTRAOP_THREADS=$(1) TF_NUM_INTEROP_THREADS=$(1)
 share_cores = $(call tf_threads,$(shell n=$$(( $(NPROC) / $(1) )); echo $$(( n > 0 ? n : 1 ))))
 
 book: $(INSTALLED)
-	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(BIN)/python -m ddpm_helpers.bookbuild \
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(TOOLS) -m booktools.bookbuild \
 	  --jobs $(JOBS) --cache _build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
 	@echo "Open $(CURDIR)/_build/html/index.html (profile: $(DDPM_PROFILE))"
@@ -52,10 +54,10 @@ test: $(INSTALLED) notebooks-check pytest nbval strict-build
 	@echo "make test: all checks passed"
 
 notebooks: $(INSTALLED)
-	$(BIN)/python -m ddpm_helpers.booktools sync
+	$(TOOLS) -m booktools sync
 
 notebooks-check: $(INSTALLED)
-	$(BIN)/python -m ddpm_helpers.booktools check
+	$(TOOLS) -m booktools check
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
 pytest: $(INSTALLED)
@@ -68,10 +70,10 @@ nbval: $(INSTALLED)
 	DDPM_RUNS_DIR= DDPM_PROFILE=smoke $(call share_cores,$(JOBS)) $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -n $(JOBS) --dist loadfile book/*.ipynb
 
 strict-build: $(INSTALLED)
-	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(BIN)/python -m ddpm_helpers.bookbuild \
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(TOOLS) -m booktools.bookbuild \
 	  --jobs $(JOBS) --cache _build/strict/_build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
-	$(BIN)/python -m ddpm_helpers.sitescan _build/strict/_build/html
+	$(TOOLS) -m booktools.sitescan _build/strict/_build/html
 
 # Colab check: every book/*.ipynb run top to bottom (smoke profile) from a folder outside the
 # repository, as in Colab's /content, in a venv of its own with one Colab runtime's versions:

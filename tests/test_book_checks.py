@@ -21,7 +21,7 @@ import nbformat
 import pytest
 import yaml
 
-from ddpm_helpers import booktools
+import booktools
 
 ROOT = Path(__file__).resolve().parents[1]
 

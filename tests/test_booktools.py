@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_helpers import bench_results, bookbuild, booktools, pages
+import booktools
+from booktools import bookbuild
+from ddpm_helpers import bench_results, pages
 from ddpm_helpers.checks import CheckLog
 
 ROOT = Path(__file__).resolve().parents[1]

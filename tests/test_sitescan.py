@@ -1,4 +1,4 @@
-"""The scan of the built pages finds what a reader must not see (ddpm_helpers.sitescan)."""
+"""The scan of the built pages finds what a reader must not see (booktools.sitescan)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_helpers import sitescan
+from booktools import sitescan
 
 PAGE = """<html><body><nav>E0000 00:00:1.0 1 in_the_sidebar.cc:1] ignored</nav><article>
 <h1>Sampling</h1><p>The sampler runs 50 steps.</p>

@@ -12,7 +12,7 @@ for another; the longest chapters start next. Each process gets its share of the
 (:func:`share_cores`): two TensorFlow processes that each spread over every core of a 2-core
 machine train about 20% slower than two that use one core each.
 
-    python -m ddpm_helpers.bookbuild --jobs 2 --cache _build/.jupyter_cache
+    python -m booktools.bookbuild --jobs 2 --cache _build/.jupyter_cache
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def toc_pages(root: Path) -> list[Path]:
     """Every page of ``_toc.yml`` that is a jupytext notebook, as ``book/NAME.md`` paths."""
     import yaml
 
-    from ddpm_helpers.booktools import chapters
+    from booktools import chapters
 
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     files = [toc["root"]]
@@ -126,7 +126,7 @@ def execute_book(root: Path, cache_dir: Path, jobs: int = 2, timeout: int = 1800
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.bookbuild",
+    parser = argparse.ArgumentParser(prog="python -m booktools.bookbuild",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the book's top folder")

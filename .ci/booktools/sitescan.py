@@ -8,7 +8,7 @@ scan reads the article of every page of a built site (``_build/html/book/*.html`
 - a path of the machine that built the book (the repository, ``$DDPM_RUNS_DIR``, the home folder);
 - words only the book's makers use (PASS/FAIL, "the seed chapter").
 
-    python -m ddpm_helpers.sitescan _build/html
+    python -m booktools.sitescan _build/html
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def scan_site(html_dir: Path, root: Path | None = None) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.sitescan", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m booktools.sitescan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("html", type=Path, help="the built site, e.g. _build/html")
     args = parser.parse_args(argv)

@@ -1,14 +1,18 @@
-"""Maintenance of the book's pages: Colab install cells and the MyST <-> .ipynb pairs.
+"""The book's own build tooling (not part of the package readers install; run by ``make``).
+
+This module: maintenance of the book's pages, Colab install cells and the MyST <-> .ipynb pairs.
+:mod:`booktools.bookbuild` executes the chapters; :mod:`booktools.sitescan` scans the built pages.
+Run with ``PYTHONPATH=.ci`` (the Makefile sets it).
 
 Each chapter ``book/NN_name.md`` (MyST, read by Sphinx) has a paired ``book/NN_name.ipynb``
 (no outputs) that the launch button opens in Google Colab. The first code cell of every
 chapter installs this package when, and only when, it runs in Colab; its URL is generated
 from ``repository.url`` in ``_config.yml``, the one place that holds it.
 
-    python -m ddpm_helpers.booktools sync    # rewrite install cells, regenerate every .ipynb
-    python -m ddpm_helpers.booktools format [PAGES]  # ruff-format code cells at 79 columns
-    python -m ddpm_helpers.booktools check   # fail if anything drifted (run by make test)
-    python -m ddpm_helpers.booktools run PAGE [--out NB]  # execute one page, print its outputs
+    python -m booktools sync    # rewrite install cells, regenerate every .ipynb
+    python -m booktools format [PAGES]  # ruff-format code cells at 79 columns
+    python -m booktools check   # fail if anything drifted (run by make test)
+    python -m booktools run PAGE [--out NB]  # execute one page, print its outputs
 
 Code cells are formatted by ruff at a line length of 79, the width of the rendered page's code
 column; ``check`` fails on any code-cell line longer than that.
@@ -264,7 +268,7 @@ def check(root: Path) -> list[str]:
                                     f"({line.strip()[:50]}...); run `booktools sync`")
         for where in long_lines(text):
             problems.append(f"{name}: code line over {LINE_LENGTH} characters ({where}); "
-                            "run `python -m ddpm_helpers.booktools format`, then shorten it")
+                            "run `python -m booktools format`, then shorten it")
         if _signature(text) != _signature(paired):
             problems.append(f"{name} and {ipynb.name} differ: edit the .md, then run sync")
     for ipynb in sorted((root / "book").glob("*.ipynb")):
@@ -306,7 +310,7 @@ def run_page(md: Path, out: Path | None = None, timeout: int = 1800) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_helpers.booktools", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m booktools", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["sync", "format", "check", "run"])
     parser.add_argument("pages", nargs="*", type=Path, help="format/run: these pages only")
@@ -334,5 +338,3 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
