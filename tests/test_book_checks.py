@@ -88,6 +88,11 @@ def tiny_book(tmp_path: Path, code: str = "print(6 * 7)", cite: str = "ho2020ddp
     path.mkdir()
     for name in ("_config.yml", "references.bib"):
         shutil.copy(ROOT / name, path / name)
+    # The folders _config.yml loads Sphinx extensions from (local_extensions), and its CSS.
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    folders = set(config.get("sphinx", {}).get("local_extensions", {}).values()) | {"_static"}
+    for name in sorted(folders):
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__"))
     (path / "_toc.yml").write_text("format: jb-book\nroot: book/index\n")
     (path / "book").mkdir()
     (path / "book" / "index.md").write_text(FRONT_MATTER + PAGE.format(code=code, cite=cite))
