@@ -2,16 +2,22 @@
 
 - :func:`make_strategy`: ``"none"``, ``"mirrored"`` (several GPUs, or ``replicas`` logical CPU
   devices so that it can be tested on a CPU), ``"multiworker"`` or ``"tpu"``.
-- :func:`make_distributed_train_step`: the step of :func:`ddpm_helpers.train_step.make_train_step`
-  run by every replica on its slice of the global batch. The time steps and noise are drawn for
-  the *global* batch from the keys of ``(seed, step)`` and each replica takes its slice, so a run's
-  numbers do not depend on how many replicas share the batch; each replica's loss is divided by
-  the number of replicas, so the summed gradients are those of the global batch's mean loss
-  (Eq. (eq-train-loss)). A loss or gradient that is not finite is recorded in ``bad_step`` as in
-  the one-device step and the EMA (Eq. (eq-ema)) stops; Adam's update cannot be skipped under a
-  strategy (it synchronises the replicas, which TensorFlow does not allow inside a ``tf.cond``),
-  but :func:`ddpm_helpers.training.train` reads ``bad_step`` before every checkpoint and stops
-  before saving: no non-finite weights are written.
+- :func:`make_distributed_train_step`: the one-device step's core,
+  :func:`ddpm_helpers.train_step.loss_and_gradients`, run by every replica on its slice of the
+  global batch. The time steps and noise are drawn for the *global* batch from the keys of
+  ``(seed, step)`` and each replica takes its slice, so a run's numbers do not depend on how many
+  replicas share the batch; each replica's loss is divided by the number of replicas (a
+  ``keras.losses.Loss`` does it itself, a plain function's loss is divided by the step), so the
+  gradients Keras sums over the replicas are those of the global batch's mean loss
+  (Eq. (eq-train-loss)); under float16 every replica scales its loss as on one device, which
+  Keras' ``LossScaleOptimizer`` undoes, and an overflow on any replica makes every replica skip the
+  step. A loss or gradient that is not finite is recorded in ``bad_step`` as in the one-device step
+  and the EMA (Eq. (eq-ema)) stops; Adam's update cannot be skipped under a strategy (it
+  synchronises the replicas, which TensorFlow does not allow inside a ``tf.cond``), but
+  :func:`ddpm_helpers.training.train` reads ``bad_step`` before every checkpoint and stops before
+  saving: no non-finite weights are written.
+- :func:`precision_policy` and :func:`dtype_policy`: mixed precision (bfloat16, or float16 with
+  loss scaling), the Keras dtype policy the models are built under.
 """
 
 from __future__ import annotations
@@ -77,64 +83,52 @@ def make_distributed_train_step(strategy, model, optimizer, schedule, loss_fn, *
                                 num_classes: int | None = None, label_dropout: float = 0.0):
     """``train_step(images, labels, step) -> loss`` on the global batch, run by every replica of
     ``strategy`` (whose scope created ``model``, ``optimizer`` and the EMA model). Same contract as
-    :func:`ddpm_helpers.train_step.make_train_step`, ``bad_step`` and ``bad_what`` included."""
+    :func:`ddpm_helpers.train_step.make_train_step`, ``bad_step`` and ``bad_what`` included.
+
+    Every replica computes the loss of Eq. (eq-train-loss) on its slice of the batch with
+    :func:`ddpm_helpers.train_step.loss_and_gradients` (the one-device step's core: the same draws,
+    casts, replica division and loss scaling), and Keras sums the gradients over the replicas in
+    ``apply_gradients``. The EMA of Eq. (eq-ema) is updated while no step was bad.
+    """
     import tensorflow as tf
 
-    from ddpm_helpers.diffusion import q_sample
-    from ddpm_helpers.train_step import _draw, drop_labels, step_keys
-
-    import keras
+    from ddpm_helpers.train_step import StepGuard, loss_and_gradients, not_finite
 
     replicas = strategy.num_replicas_in_sync
-    keras_scales = isinstance(loss_fn, keras.losses.Loss)
-    variables = model.trainable_variables
-    bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_step")
-    bad_what = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_what")
+    guard = StepGuard(optimizer)
+    options = {"seed": seed, "num_classes": num_classes, "label_dropout": label_dropout,
+               "replicas": replicas}
 
     def replica_step(images, labels, step):
         context = tf.distribute.get_replica_context()
-        shape = tf.shape(images)
-        per_replica = shape[0] // replicas
-        part = tf.range(per_replica) + context.replica_id_in_sync_group * per_replica
-        keys = step_keys(seed, step)
-        t, noise = _draw(keys, shape[0], shape[1:], schedule.timesteps)  # the global batch's draws
-        if num_classes:
-            labels = drop_labels(labels, keys[2], num_classes, label_dropout)
-        x0, t, noise, labels = (tf.gather(v, part) for v in (images, t, noise, labels))
-        inputs = [q_sample(schedule, x0, t, noise), t] + ([labels] if num_classes else [])
-        with tf.GradientTape() as tape:
-            predicted = tf.cast(model(inputs, training=True), tf.float32)
-            loss = loss_fn(noise, predicted)
-            if not keras_scales:  # a Keras loss divides by the replicas itself, inside strategy.run
-                loss = loss / replicas
-        gradients = tape.gradient(loss, variables)
-        local_bad = tf.stack([tf.logical_not(tf.reduce_all(tf.math.is_finite(loss))), tf.logical_not(
-            tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]))])
-        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local_bad, tf.int64)) > 0  # same everywhere
-
-        # Keras sums the gradients over the replicas. Unlike the one-device step this update cannot sit
-        # in a tf.cond (a synchronisation point may not): after a bad step the loop stops before saving.
-        optimizer.apply_gradients(zip(gradients, variables))
+        loss, gradients = loss_and_gradients(model, optimizer, schedule, loss_fn, images, labels,
+                                             step, replica=context.replica_id_in_sync_group,
+                                             **options)
+        bad = tf.cast(not_finite(loss, gradients), tf.int64)
+        bad = context.all_reduce(tf.distribute.ReduceOp.SUM, bad) > 0  # the same on every replica
+        if guard.scales_loss:
+            # Keras' LossScaleOptimizer looks for an overflow in the first replica's gradients
+            # only: all replicas show the one any replica met, so that all skip the step
+            poison = tf.where(bad[1], float("nan"), 1.0)
+            gradients = [g if g is None else g * poison for g in gradients]
+        # Unlike the one-device step this update cannot sit in a tf.cond (a synchronisation point
+        # may not): after a bad step the loop stops before saving.
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return context.all_reduce(tf.distribute.ReduceOp.SUM, loss), bad
+
+    def ema_update():
+        ema.update()
+        return tf.constant(True)
 
     @tf.function
     def train_step(images, labels, step):
         loss, bad = strategy.run(replica_step, args=(images, labels, step))
-        loss = strategy.experimental_local_results(loss)[0]
-        bad = strategy.experimental_local_results(bad)[0]
-        first_bad = tf.logical_and(bad_step == 0, tf.reduce_any(bad))
-        bad_what.assign(tf.where(first_bad, tf.where(bad[0], tf.constant(1, tf.int64), 2), bad_what))
-        bad_step.assign(tf.where(first_bad, tf.cast(step, tf.int64) + 1, bad_step))
+        guard.record(step, strategy.experimental_local_results(bad)[0])
         if ema is not None:
-            tf.cond(bad_step == 0, lambda: _ema_update(), lambda: tf.constant(False))
-        return loss
+            tf.cond(guard.ok(), ema_update, lambda: tf.constant(False))
+        return strategy.experimental_local_results(loss)[0]
 
-    def _ema_update():
-        ema.update()
-        return tf.constant(True)
-
-    train_step.bad_step, train_step.bad_what = bad_step, bad_what
-    return train_step
+    return guard.attach(train_step)
 
 
 def precision_policy(mixed: bool, strategy=None) -> str:

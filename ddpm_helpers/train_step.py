@@ -5,8 +5,13 @@
   Philox algorithm named explicitly (:data:`RNG_ALGORITHM`), so that a resumed run draws what an
   uninterrupted one drew, with or without XLA (TensorFlow's default, "auto_select", draws
   differently under XLA).
-- :func:`make_train_step`: the loss of Eq. (eq-train-loss), its gradients, the Adam update and
-  the EMA update of Eq. (eq-ema), skipped when the loss or any gradient is not finite.
+- :func:`loss_and_gradients`: the loss of Eq. (eq-train-loss) on a replica's share of the batch
+  and its gradients, the one core of the step on one device and under a ``tf.distribute`` strategy
+  (:func:`ddpm_helpers.distribute.make_distributed_train_step`): the draws, the float32 loss under
+  mixed precision, the division by the replicas and float16's loss scaling are written only there.
+- :class:`StepGuard`: records the first step whose loss or gradient is not finite (``bad_step``).
+- :func:`make_train_step`: that core, the Adam update and the EMA update of Eq. (eq-ema) on one
+  device, the updates skipped from the first step whose loss or gradient is not finite.
 - :func:`evaluation_loss` and :func:`measure_step_time`: a fixed-noise yardstick and a timer.
 """
 
@@ -78,6 +83,125 @@ def drop_labels(labels, key, num_classes: int, label_dropout: float):
     )
 
 
+def scales_loss(optimizer) -> bool:
+    """Whether ``optimizer`` is a ``keras.optimizers.LossScaleOptimizer`` (float16 mixed precision):
+    the loss is multiplied by its scale before the gradients, which it divides by that scale again
+    and skips (lowering the scale) when they overflow."""
+    import keras
+
+    return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def loss_and_gradients(
+    model,
+    optimizer,
+    schedule,
+    loss_fn,
+    images,
+    labels,
+    step,
+    *,
+    seed: int = 0,
+    num_classes: int | None = None,
+    label_dropout: float = 0.0,
+    replica=0,
+    replicas: int = 1,
+):
+    """The loss of Eq. (eq-train-loss) on replica ``replica``'s share of the batch, and its
+    gradients.
+
+    The core of every training step, on one device (``replicas=1``, :func:`make_train_step`) or
+    under a strategy (:func:`ddpm_helpers.distribute.make_distributed_train_step`):
+
+    1. t ~ U{0, ..., T-1} and noise ~ N(0, I) for the *whole* batch from the keys of
+       ``(seed, step)``, labels dropped to the null label with probability ``label_dropout``: the
+       numbers of a step do not depend on how many replicas share the batch;
+    2. the replica keeps its slice of the batch (the whole batch on one device);
+    3. x_t = q_sample(x_0, t, noise) (Eq. (eq-q-xt-x0)), and the network predicts the noise, cast
+       to float32 so that the loss is float32 under mixed precision too;
+    4. loss = ``loss_fn(noise, predicted)`` divided by ``replicas``, so that the gradients Keras
+       sums over the replicas are those of the batch's mean loss. A ``keras.losses.Loss`` divides
+       by the replicas itself inside ``strategy.run``; a plain function must not (one that calls a
+       Keras loss object inside would be divided twice);
+    5. the gradients of the loss multiplied by the loss scale when :func:`scales_loss` (float16;
+       the optimizer divides them by it again).
+
+    Returns ``(loss, gradients)``: the loss unscaled, the gradients as ``optimizer`` wants them.
+    """
+    import keras
+    import tensorflow as tf
+
+    from ddpm_helpers.diffusion import q_sample
+
+    keys = step_keys(seed, step)
+    shape = tf.shape(images)
+    t, noise = _draw(keys, shape[0], shape[1:], schedule.timesteps)
+    if num_classes:
+        labels = drop_labels(labels, keys[2], num_classes, label_dropout)
+    if replicas > 1:  # this replica's slice of the batch
+        size = shape[0] // replicas
+        part = tf.range(size) + replica * size
+        images, t, noise = (tf.gather(v, part) for v in (images, t, noise))
+        if num_classes:
+            labels = tf.gather(labels, part)
+    x_t = q_sample(schedule, images, t, noise)
+    inputs = [x_t, t, labels] if num_classes else [x_t, t]
+    with tf.GradientTape() as tape:
+        # float32 under mixed precision too
+        predicted = tf.cast(model(inputs, training=True), tf.float32)
+        loss = loss_fn(noise, predicted)
+        if replicas > 1 and not isinstance(loss_fn, keras.losses.Loss):
+            loss = loss / replicas  # a Keras loss divides itself
+        scaled = optimizer.scale_loss(loss) if scales_loss(optimizer) else loss
+    gradients = tape.gradient(scaled, model.trainable_variables)
+    return loss, gradients
+
+
+def not_finite(loss, gradients):
+    """``[loss not finite, some gradient not finite]``, a boolean tensor of shape (2,)."""
+    import tensorflow as tf
+
+    gradients_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
+    loss_finite = tf.reduce_all(tf.math.is_finite(loss))
+    return tf.logical_not(tf.stack([loss_finite, tf.reduce_all(gradients_finite)]))
+
+
+class StepGuard:
+    """The first training step whose loss or gradient is not finite.
+
+    ``bad_step`` (a ``tf.Variable``) is 0 while all is well, then the number of that step counted
+    from 1; ``bad_what`` is 1 for the loss, 2 for a gradient. With loss scaling (float16) only the
+    loss counts: an overflowing gradient is the optimizer's to skip.
+    """
+
+    def __init__(self, optimizer):
+        import tensorflow as tf
+
+        self.bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_step")
+        self.bad_what = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_what")
+        self.scales_loss = scales_loss(optimizer)
+
+    def record(self, step, bad):
+        """Record step ``step`` (counted from 0) if it is the first with ``bad``, from
+        :func:`not_finite`."""
+        import tensorflow as tf
+
+        loss_bad, gradient_bad = bad[0], tf.logical_and(bad[1], not self.scales_loss)
+        first_bad = tf.logical_and(self.ok(), tf.logical_or(loss_bad, gradient_bad))
+        what = tf.where(loss_bad, tf.constant(1, tf.int64), 2)
+        self.bad_what.assign(tf.where(first_bad, what, self.bad_what))
+        self.bad_step.assign(tf.where(first_bad, tf.cast(step, tf.int64) + 1, self.bad_step))
+
+    def ok(self):
+        """True while no step was bad."""
+        return self.bad_step == 0
+
+    def attach(self, train_step):
+        """``train_step`` with ``bad_step`` and ``bad_what`` as attributes."""
+        train_step.bad_step, train_step.bad_what = self.bad_step, self.bad_what
+        return train_step
+
+
 def make_train_step(
     model,
     optimizer,
@@ -90,97 +214,49 @@ def make_train_step(
     label_dropout: float = 0.0,
     jit_compile: bool = False,
 ):
-    """The compiled training step ``train_step(images, labels, step) -> loss``.
+    """The compiled training step ``train_step(images, labels, step) -> loss`` on one device.
 
-    1. draw t ~ U{0, ..., T-1} and noise ~ N(0, I) from keys of ``(seed, step)``;
-    2. x_t = q_sample(x_0, t, noise) (chapter "Forward and reverse process", Eq. (eq-q-xt-x0));
-    3. predict the noise with ``model([x_t, t])`` (or ``model([x_t, t, label])`` when conditional,
-       labels dropped to the null label with probability ``label_dropout``);
-    4. loss = ``loss_fn(noise, predicted)`` (Eq. (eq-train-loss)); gradients; Adam update;
-    5. EMA update of the averaged weights (Eq. (eq-ema)).
+    1. the loss of Eq. (eq-train-loss) and its gradients (:func:`loss_and_gradients`: t and the
+       noise keyed by ``(seed, step)``, x_t of Eq. (eq-q-xt-x0), the network's prediction);
+    2. the Adam update;
+    3. the EMA update of the averaged weights (Eq. (eq-ema)).
 
-    With a ``keras.optimizers.LossScaleOptimizer`` (float16 mixed precision) the loss is scaled
-    before the gradients and only the loss is checked: that optimizer skips overflowing steps.
-    Steps 4's update and 5 happen only if the loss and every gradient are finite and no earlier
-    step was not: the first step that is not records its number (counted from 1) in
-    ``train_step.bad_step`` (a ``tf.Variable``, 0 while all is well; ``train_step.bad_what`` is 1
-    for the loss, 2 for a gradient), and from then on the weights stay as they were. The caller
-    reads ``bad_step`` when it needs to (before writing a checkpoint), not after every step.
+    Steps 2 and 3 happen only if the loss and every gradient are finite and no earlier step was
+    not (with a ``keras.optimizers.LossScaleOptimizer``, float16, only the loss is checked: that
+    optimizer skips overflowing steps itself): the first step that is not records its number
+    (counted from 1) in ``train_step.bad_step`` (a ``tf.Variable``, 0 while all is well;
+    ``train_step.bad_what`` is 1 for the loss, 2 for a gradient, see :class:`StepGuard`), and from
+    then on the weights stay as they were. The caller reads ``bad_step`` when it needs to (before
+    writing a checkpoint), not after every step.
     """
-    import keras
     import tensorflow as tf
 
-    from ddpm_helpers.diffusion import q_sample
-
-    timesteps = schedule.timesteps
-    variables = model.trainable_variables
     if not getattr(optimizer, "built", True):
         # its variables cannot be created inside the step's tf.cond
-        optimizer.build(variables)
-    bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_step")
-    bad_what = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_what")
-    # float16 training scales the loss; its optimizer skips an overflow
-    # (and lowers the scale after it) itself
-    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        optimizer.build(model.trainable_variables)
+    guard = StepGuard(optimizer)
 
     def update(gradients):
-        optimizer.apply_gradients(zip(gradients, variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         if ema is not None:
             ema.update()
         return tf.constant(True)
 
     @tf.function(jit_compile=jit_compile)
     def train_step(images, labels, step):
-        keys = step_keys(seed, step)
-        shape = tf.shape(images)
-        t, noise = _draw(keys, shape[0], shape[1:], timesteps)
-        x_t = q_sample(schedule, images, t, noise)
-        inputs = [x_t, t]
-        if num_classes:
-            inputs.append(
-                drop_labels(labels, keys[2], num_classes, label_dropout)
-            )
-        with tf.GradientTape() as tape:
-            # float32 under mixed precision too
-            predicted = tf.cast(model(inputs, training=True), tf.float32)
-            loss = loss_fn(noise, predicted)
-            scaled = optimizer.scale_loss(loss) if scales_loss else loss
-        gradients = tape.gradient(scaled, variables)
-        loss_ok = tf.reduce_all(tf.math.is_finite(loss))
-        gradients_ok = (
-            tf.reduce_all(
-                [
-                    tf.reduce_all(tf.math.is_finite(g))
-                    for g in gradients
-                    if g is not None
-                ]
-            )
-            if not scales_loss
-            else tf.constant(True)
+        loss, gradients = loss_and_gradients(
+            model, optimizer, schedule, loss_fn, images, labels, step,
+            seed=seed, num_classes=num_classes, label_dropout=label_dropout,
         )
-        first_bad = tf.logical_and(
-            bad_step == 0,
-            tf.logical_not(tf.logical_and(loss_ok, gradients_ok)),
-        )
-        bad_what.assign(
-            tf.where(
-                first_bad,
-                tf.where(loss_ok, tf.constant(2, tf.int64), 1),
-                bad_what,
-            )
-        )
-        bad_step.assign(
-            tf.where(first_bad, tf.cast(step, tf.int64) + 1, bad_step)
-        )
+        guard.record(step, not_finite(loss, gradients))
         tf.cond(
-            bad_step == 0,
+            guard.ok(),
             lambda: update(gradients),
             lambda: tf.constant(False),
         )
         return loss
 
-    train_step.bad_step, train_step.bad_what = bad_step, bad_what
-    return train_step
+    return guard.attach(train_step)
 
 
 def build_models(profile, num_classes: int | None = None):
