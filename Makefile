@@ -74,6 +74,7 @@ strict-build: $(INSTALLED)
 	  --jobs $(JOBS) --cache _build/strict/_build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict
 	$(TOOLS) -m booktools.sitescan _build/strict/_build/html
+	$(TOOLS) -m booktools.equations _build/strict/_build/html
 
 # Colab check: every book/*.ipynb run top to bottom (smoke profile) from a folder outside the
 # repository, as in Colab's /content, in a venv of its own with one Colab runtime's versions:

@@ -51,13 +51,15 @@ Diffusion models were introduced by {{cite}}`{cite}`.
 """
 
 
-def make_command(target: str) -> tuple[dict[str, str], list[str]]:
-    """The environment and argv of the command that ``make TARGET`` runs, from ``make -n``."""
+def make_command(target: str, marker: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment and argv of the command that ``make TARGET`` runs, from ``make -n``: its
+    line that holds ``marker`` (default: the target's check, ``MARKERS``)."""
+    marker = marker or MARKERS[target]
     clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     dry_run = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(ROOT), target],
                              capture_output=True, text=True, check=True, env=clean).stdout
-    lines = [line for line in dry_run.splitlines() if MARKERS[target] in line]
-    assert len(lines) == 1, f"expected one '{MARKERS[target]}' line in make -n {target}:\n{dry_run}"
+    lines = [line for line in dry_run.splitlines() if marker in line]
+    assert len(lines) == 1, f"expected one '{marker}' line in make -n {target}:\n{dry_run}"
     words = shlex.split(lines[0])
     env = {}
     while "=" in words[0] and words[0].split("=", 1)[0].isidentifier():

@@ -1,4 +1,6 @@
-"""Every equation a package docstring cites, ``Eq. (eq-...)``, is a ``:label:`` of a chapter in book/*.md."""
+"""Every equation a package docstring cites, ``Eq. (2.5) (``eq-...``)``, is a ``:label:`` of a
+chapter in book/*.md. (The number is checked against the built book after the strict build, by
+``python -m booktools.equations``: tests/test_equation_numbers.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CITED = re.compile(r"\(\s*(eq-[A-Za-z0-9_-]+)\s*\)")
+CITED = re.compile(r"\(\s*(?:``)?(eq-[A-Za-z0-9_-]+)(?:``)?\s*\)")  # (2.5) (``eq-a``), or (eq-a)
 LABEL = re.compile(r"^:label:\s*(eq-[A-Za-z0-9_-]+)\s*$", re.MULTILINE)
 
 
@@ -39,6 +41,7 @@ def test_a_wrong_label_would_be_caught(tmp_path):
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "ch.md").write_text("```{math}\n:label: eq-one\nx\n```\n")
     (tmp_path / "ddpm_helpers").mkdir()
-    (tmp_path / "ddpm_helpers" / "m.py").write_text('def f():\n    """Eqs. (eq-one) and (eq-two)."""\n')
+    (tmp_path / "ddpm_helpers" / "m.py").write_text(
+        'def f():\n    """Eqs. (1.1) (``eq-one``) and (1.2) (``eq-two``), (eq-three)."""\n')
     assert book_labels(tmp_path) == {"eq-one"}
-    assert set(cited_labels(tmp_path)) == {"eq-one", "eq-two"}
+    assert set(cited_labels(tmp_path)) == {"eq-one", "eq-two", "eq-three"}

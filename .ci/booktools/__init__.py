@@ -1,7 +1,8 @@
 """The book's own build tooling (not part of the package readers install; run by ``make``).
 
 This module: maintenance of the book's pages, Colab install cells and the MyST <-> .ipynb pairs.
-:mod:`booktools.bookbuild` executes the chapters; :mod:`booktools.sitescan` scans the built pages.
+:mod:`booktools.bookbuild` executes the chapters; :mod:`booktools.sitescan` scans the built pages;
+:mod:`booktools.equations` checks (and ``--fix`` rewrites) the equation numbers docstrings cite.
 Run with ``PYTHONPATH=.ci`` (the Makefile sets it).
 
 Each chapter ``book/NN_name.md`` (MyST, read by Sphinx) has a paired ``book/NN_name.ipynb``
