@@ -11,7 +11,11 @@ for the lifetime of the check, opens every page with Debian's ``chromium`` throu
 - an ``<img>`` on it has not loaded (``naturalWidth == 0``);
 - a link on it points inside the site at a file that does not exist, or at an ``#anchor`` that
   is not on the target page;
-- it has math and loads MathJax from the build, but the math was not typeset.
+- it has math and loads MathJax from the build, but the math was not typeset;
+- at any width of ``--widths`` (default 1024 and 1280 px, laptop screens) a display equation,
+  a code or output block (a ``<pre>``, folded cells opened) or a table is wider than its box,
+  so that the reader would need a horizontal scrollbar: each one is named, and the counts
+  (overflowing of all, per width and per page) are printed and written to ``report.json``.
 
 A full-page screenshot of every page goes to ``OUT/<page>.png`` and a summary to
 ``OUT/report.json``. Requests to other hosts (the MathJax CDN, for one) and the math they leave
@@ -51,6 +55,7 @@ CHROMIUM_FLAGS = [
 ]
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
 MAX_SCREENSHOT_HEIGHT = 8000  # px; longer pages are cut there
+WIDTHS = (1024, 1280)  # px: the window widths at which nothing may scroll sideways
 
 
 def pages(root: Path) -> list[Path]:
@@ -139,6 +144,50 @@ return {elements: document.querySelectorAll('.math').length,
 LINKS_JS = """
 return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
 """
+# Resolves when MathJax has typeset the page and every web font (MathJax's included) is loaded,
+# so that widths are final. Returns at once on a page without MathJax.
+SETTLED_JS = """
+const done = arguments[arguments.length - 1];
+const typeset = (window.MathJax && MathJax.startup && MathJax.startup.promise) || Promise.resolve();
+typeset.then(() => document.fonts.ready).then(() => done(true), () => done(false));
+"""
+# Display equations, code/output blocks and tables that are wider than their box: what would
+# need a horizontal scrollbar. Folded cells (<details>) are opened first: a reader may open them.
+OVERFLOW_JS = """
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+const root = document.querySelector('main article') || document.querySelector('article') || document.body;
+const shown = el => el.getClientRects().length > 0;
+const excess = el => el.scrollWidth - el.clientWidth;
+const name = (el, index) => {
+    const holder = el.closest('[id]');
+    return (holder && holder !== root ? '#' + holder.id : '') + ' (' + (index + 1) + ')';
+};
+const equations = Array.from(root.querySelectorAll('mjx-container[display="true"]')).filter(shown);
+const blocks = Array.from(root.querySelectorAll('pre')).filter(shown);
+const tables = Array.from(root.querySelectorAll('table')).filter(shown);
+const over = (list, describe) => list.map((el, i) => {
+    // an equation scrolls in its div.math, a table in the theme's scrollable wrapper (or its
+    // parent), a <pre> in itself
+    const box = el.matches('table')
+        ? (el.closest('.pst-scrollable-table-container') || el.parentElement)
+        : (el.parentElement && el.parentElement.matches('div.math') ? el.parentElement : el);
+    const px = Math.max(excess(el), excess(box));
+    return px > 1 ? {where: name(el, i), px: px, what: describe(el)} : null;
+}).filter(x => x);
+const text = el => (el.textContent || '').replace(/\\s+/g, ' ').trim().slice(0, 60);
+return {
+    equations: equations.length,
+    blocks: blocks.length,
+    equation_overflows: over(equations, el => {
+        const eqno = el.parentElement && el.parentElement.querySelector('.eqno');
+        return eqno ? 'equation ' + eqno.textContent.replace('#', '').trim() : 'unnumbered equation';
+    }),
+    block_overflows: over(blocks, el => text(el)),
+    tables: tables.length,
+    table_overflows: over(tables, el => text(el)),
+    page_px: document.documentElement.scrollWidth - window.innerWidth,
+};
+"""
 
 
 def wait_for(driver, condition, timeout=10.0, step=0.1):
@@ -150,7 +199,37 @@ def wait_for(driver, condition, timeout=10.0, step=0.1):
         time.sleep(step)
 
 
-def check_page(driver, server: Server, root: Path, page: Path, out: Path) -> dict:
+def measure_widths(driver, widths=WIDTHS) -> tuple[dict, list[str]]:
+    """At each window width: how many display equations and code/output blocks the page has
+    and which of them overflow. Returns ``({width: counts}, problems)``."""
+    found, problems = {}, []
+    for width in widths:
+        driver.set_window_size(width, 900)
+        driver.execute_async_script(SETTLED_JS)
+        time.sleep(0.2)  # the layout after the resize
+        m = driver.execute_script(OVERFLOW_JS)
+        found[str(width)] = {
+            "equations": m["equations"], "equations_overflowing": len(m["equation_overflows"]),
+            "blocks": m["blocks"], "blocks_overflowing": len(m["block_overflows"]),
+            "tables": m["tables"], "tables_overflowing": len(m["table_overflows"]),
+            "overflows": m["equation_overflows"] + m["block_overflows"] + m["table_overflows"]}
+        for item in m["equation_overflows"]:
+            problems.append(f"{width} px: display {item['what']} at {item['where']} is "
+                            f"{item['px']} px too wide")
+        for item in m["block_overflows"]:
+            problems.append(f"{width} px: code/output block at {item['where']} is {item['px']} px "
+                            f"too wide: {item['what']!r}")
+        for item in m["table_overflows"]:
+            problems.append(f"{width} px: table at {item['where']} is {item['px']} px too wide: "
+                            f"{item['what']!r}")
+        if m["page_px"] > 1:
+            problems.append(f"{width} px: the page itself scrolls sideways by {m['page_px']} px")
+    driver.set_window_size(1280, 900)
+    return found, problems
+
+
+def check_page(driver, server: Server, root: Path, page: Path, out: Path,
+               widths=WIDTHS) -> dict:
     rel = page.relative_to(root).as_posix()
     url = f"{server.base}/{rel}"
     first_request = len(server.requests)
@@ -158,6 +237,7 @@ def check_page(driver, server: Server, root: Path, page: Path, out: Path) -> dic
     driver.get(url)
     wait_for(driver, lambda: driver.execute_script("return document.readyState") == "complete")
     # Sphinx's top-level index.html is a meta refresh to the root page: follow it.
+    redirected = 'http-equiv="refresh"' in page.read_text(errors="replace")[:4000].lower()
     if driver.current_url != url:
         wait_for(driver, lambda: driver.execute_script("return document.readyState") == "complete")
     title = driver.title
@@ -207,13 +287,37 @@ def check_page(driver, server: Server, root: Path, page: Path, out: Path) -> dic
             message = f"{math['elements']} math element(s) not typeset (MathJax: {math['scripts']})"
             (problems if local else external).append(message)
 
+    # Widths are measured on real pages only, not on a redirect (the site's top index.html).
+    widths_found, width_problems = ({}, []) if redirected else measure_widths(driver, widths)
+    problems += width_problems
+
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1280, max(900, min(int(height), MAX_SCREENSHOT_HEIGHT)))
     shot = out / (rel.replace("/", "__").removesuffix(".html") + ".png")
     driver.save_screenshot(str(shot))
     driver.set_window_size(1280, 900)
     return {"page": rel, "title": title, "images": len(images), "internal_links": internal,
-            "external_errors": external, "screenshot": str(shot), "problems": problems}
+            "external_errors": external, "screenshot": str(shot), "widths": widths_found,
+            "problems": problems}
+
+
+def overflow_summary(results: list[dict]) -> dict:
+    """Per width: display equations, code/output blocks and tables, overflowing and in all, and
+    the pages where any overflows."""
+    summary: dict = {}
+    for result in results:
+        for width, counts in result.get("widths", {}).items():
+            kinds = ("equations", "blocks", "tables")
+            total = summary.setdefault(width, {**{k: 0 for k in kinds},
+                                               **{f"{k}_overflowing": 0 for k in kinds},
+                                               "pages": {}})
+            for kind in kinds:
+                total[kind] += counts[kind]
+                total[f"{kind}_overflowing"] += counts[f"{kind}_overflowing"]
+            if any(counts[f"{kind}_overflowing"] for kind in kinds):
+                total["pages"][result["page"]] = {
+                    kind: f"{counts[f'{kind}_overflowing']} of {counts[kind]}" for kind in kinds}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="where screenshots and report.json go")
     parser.add_argument("--timeout", type=int, default=900,
                         help="seconds before the whole check is stopped (default 900)")
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)),
+                        help="window widths in px at which nothing may scroll sideways "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
 
     root = args.html.resolve()
+    widths = [int(w) for w in args.widths.split(",") if w.strip()]
     if not (root / "index.html").is_file():
         print(f"site-check: no {root / 'index.html'}; build the site first (make book)",
               file=sys.stderr)
@@ -249,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             driver = browser(user_data)
             try:
                 for page in pages(root):
-                    result = check_page(driver, server, root, page, args.out)
+                    result = check_page(driver, server, root, page, args.out, widths)
                     results.append(result)
                     status = "ok" if not result["problems"] else f"{len(result['problems'])} problem(s)"
                     print(f"  {result['page']}: {status} ({result['images']} images, "
@@ -265,8 +373,18 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = sum(len(r["problems"]) for r in results)
     external = sorted({e for r in results for e in r["external_errors"]})
+    summary = overflow_summary(results)
     (args.out / "report.json").write_text(json.dumps(
-        {"html": str(root), "pages": results, "external_errors": external}, indent=2))
+        {"html": str(root), "pages": results, "external_errors": external,
+         "overflow": summary}, indent=2))
+    for width, total in summary.items():
+        print(f"site-check: at {width} px, {total['equations_overflowing']} of "
+              f"{total['equations']} display equations, {total['blocks_overflowing']} of "
+              f"{total['blocks']} code/output blocks and {total['tables_overflowing']} of "
+              f"{total['tables']} tables overflow"
+              + "".join(f"\n    {page}: equations {c['equations']}, code/output blocks "
+                        f"{c['blocks']}, tables {c['tables']}"
+                        for page, c in total["pages"].items()))
     for note in external:
         print(f"site-check: note (other hosts are not reachable offline): {note}")
     print(f"site-check: {len(results)} pages, {sum(r['images'] for r in results)} images, "

@@ -2,11 +2,11 @@
 
 The tiny book has the repository's ``_config.yml``, ``references.bib``, ``_ext`` and ``_static``
 and a ``_toc.yml`` whose parts keep every setting of the real ``_toc.yml`` (``numbered``, ...)
-with two small chapters in place of the real ones, plus a References page. It is built with the
+with two small chapters in place of the real ones, plus a Build status and a References page. It is built with the
 command of ``make strict-build`` (warnings are errors). A chapter's equations, figures and
 exercises must read 2.1, 2.2, ..., its citations "Ho et al. (2020)" and "(Ho et al., 2020)",
-the two Song et al. papers of 2021 must get 2021a and 2021b, and every citation must link to
-``references.html``.
+the two Song et al. papers of 2021 must get 2021a and 2021b, every citation must link to
+``references.html``, and the Build status page must say "passed" in words.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
-from test_book_checks import ROOT, output, strict_build
+from test_book_checks import FRONT_MATTER, ROOT, output, strict_build
 
 CHAPTER = """(sec-{name})=
 # Chapter {name}
@@ -55,6 +55,16 @@ INDEX = """(sec-index)=
 # Front page
 
 No bibliography here: it is on its own page, {ref}`sec-references`.
+
+```{code-cell} ipython3
+print(6 * 7)
+```
+"""
+
+STATUS = """# Build status
+
+```{nb-exec-table}
+```
 """
 
 
@@ -62,9 +72,10 @@ def two_chapter_book(tmp_path: Path) -> Path:
     """The real configuration, the real _toc.yml's parts with two chapters and References."""
     from test_book_checks import tiny_book
 
+    import booktools
+
     book = tiny_book(tmp_path)
-    (book / "book" / "index.md").write_text(INDEX)
-    (book / "book" / "index.ipynb").unlink()
+    (book / "book" / "index.md").write_text(FRONT_MATTER + INDEX)
     (book / "pixel.svg").write_text(
         '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>')
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
@@ -75,13 +86,15 @@ def two_chapter_book(tmp_path: Path) -> Path:
     for part in (parts[0], parts[-1]):
         chapters = [{"file": next(files)}]
         if part is parts[-1]:
-            chapters.append({"file": "book/references"})
+            chapters += [{"file": "book/status"}, {"file": "book/references"}]
         tiny_parts.append({**part, "chapters": chapters})
     toc["parts"] = tiny_parts
     (book / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     for name in ("one", "two"):
         (book / "book" / f"{name}.md").write_text(CHAPTER.format(name=name))
     (book / "book" / "references.md").write_text((ROOT / "book" / "references.md").read_text())
+    (book / "book" / "status.md").write_text(STATUS)
+    booktools.sync(book)  # the front page's notebook and Colab cell
     return book
 
 
@@ -152,3 +165,11 @@ def test_the_real_book_has_one_references_page():
     for page in sorted((ROOT / "book").glob("*.md")):
         if page.name != "references.md":
             assert "{bibliography}" not in page.read_text(), f"{page.name} has a bibliography"
+
+
+def test_the_build_status_page_says_passed_in_words(built):
+    """myst-nb's emoji (U+2705, U+274C) are empty boxes without a colour-emoji font."""
+    status = article(built, "status")
+    rows = [[text(cell) for cell in row.find_all("td")] for row in status.select("tbody tr")]
+    assert rows and all(row[-1] == "passed" for row in rows), rows
+    assert "\u2705" not in text(status) and "\u274c" not in text(status)
