@@ -1,6 +1,7 @@
 # The two commands of the README: `make book` (build the site) and `make test` (check everything).
 # Both create .venv from the pinned requirements.txt on first use; after that they work offline.
-SHELL := /bin/bash
+# bash, without TensorFlow's C++ start-up lines on standard error (see .ci/quiet-shell).
+SHELL := $(CURDIR)/.ci/quiet-shell
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
@@ -36,7 +37,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 # Chapters are executed first, JOBS at a time (.ci/booktools/bookbuild.py), into the jupyter-cache
 # that Jupyter Book then renders from (execute_notebooks: cache in _config.yml).
-# DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.pages).
+# DDPM_BOOK_BUILD=1: progress bars print one summary line instead of redrawing (ddpm_helpers.notebook.pages).
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)
 # TensorFlow threads for each of N processes that share the cores (as bookbuild.share_cores does):

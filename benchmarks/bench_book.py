@@ -59,7 +59,7 @@ def toc_chapters() -> list[str]:
 
 
 def checkpoints(runs_dir: Path) -> dict[str, float]:
-    """Every checkpoint (``ckpt-<step>.index``, see ``ddpm_helpers.checkpoints``) under ``runs_dir``
+    """Every checkpoint (``ckpt-<step>.index``, see ``ddpm_helpers.engine.checkpoints``) under ``runs_dir``
     with its modification time."""
     if not runs_dir.exists():
         return {}

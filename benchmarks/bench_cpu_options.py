@@ -4,7 +4,7 @@
                                            [--rounds 3] [--min-seconds 3]
 
 For each thread count (TensorFlow fixes it when it starts, so each runs in a child process of
-this script), the package's train step (:func:`ddpm_helpers.training.make_train_step`) runs with
+this script), the package's train step (:func:`ddpm_helpers.engine.training.make_train_step`) runs with
 ``jit_compile=False`` and ``True`` at every batch size, alternating rounds as in
 ``bench_training.py`` (whose ``bench_profile`` it reuses). Images per second are what compare
 across batch sizes; the first step (tracing, and XLA's compilation) is reported apart.

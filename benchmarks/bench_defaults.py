@@ -8,7 +8,7 @@ For each schedule and loss, the profile's U-Net is trained for ``--steps`` steps
 profile's own; the same data order, noise and initial weights for every variant, through the
 same training seed) and its EMA weights draw ``--sets`` disjoint sets of ``--samples`` images
 each (DDIM, ``--ddim-steps`` steps, eta = 0; set k is random stream k of sampling seed 0). Each
-set is scored with the book's metric (:mod:`ddpm_helpers.metrics`, chapter "Evaluation"): the
+set is scored with the book's metric (:mod:`ddpm_helpers.measuring.metrics`, chapter "Evaluation"): the
 Frechet distance (FD) in the features of the book's digit classifier to the real held-out
 digits, divided by the floor (real training digits vs the same held-out digits, at the same n;
 the mean of its draws). Reported per variant: the mean ratio over the sets and its 95%
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ddpm_helpers import get_profile
-    from ddpm_helpers.metrics import Evaluator, load_or_train_classifier
-    from ddpm_helpers.sampling import sample
-    from ddpm_helpers.training import train
+    from ddpm_helpers.measuring.metrics import Evaluator, load_or_train_classifier
+    from ddpm_helpers.engine.sampling import sample
+    from ddpm_helpers.engine.training import train
 
     record = benchcommon.Record("defaults", "default profile: {linear, cosine} x {huber, mse}")
     profile = get_profile(args.profile)

@@ -3,7 +3,7 @@
     python benchmarks/bench_sampling.py [--profile default] [--batch 64] [--steps 50] [--rounds 3]
                                         [--run runs/default] [--ddim]
 
-Both run the same ancestral steps (``ddpm_helpers.sampling.p_sample``) from the same x_T with the
+Both run the same ancestral steps (``ddpm_helpers.engine.sampling.p_sample``) from the same x_T with the
 same noise: the eager loop calls the model op by op from Python (the seed chapter's way), the
 compiled one is ``sampling.ddpm_loop`` (one ``tf.function``). They alternate for ``--rounds``
 rounds (this machine is shared and noisy) and the ratio of the medians is printed. Tracing is
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from ddpm_helpers import sampling
+    from ddpm_helpers.engine import sampling
 
     profile, model, schedule = benchcommon.model_to_time(args.run, args.profile)
     T = schedule.timesteps

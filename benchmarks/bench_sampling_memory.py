@@ -3,7 +3,7 @@
     python benchmarks/bench_sampling_memory.py [--profile default] [--batch 16] [--snapshots 11]
                                                [--run runs/default]
 
-The compiled DDPM sampler (:func:`ddpm_helpers.sampling.ddpm_sample`) runs all T steps three
+The compiled DDPM sampler (:func:`ddpm_helpers.engine.sampling.ddpm_sample`) runs all T steps three
 times from the same x_T: keeping only the final images, keeping ``--snapshots`` states evenly
 spaced from x_T to x_0 (what the book's animations use), and keeping every one of the T + 1
 states (the seed chapter appended each step's batch to a list). For each, Python's
@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     record = benchcommon.Record("snapshot_memory", "sampling memory: snapshots vs every intermediate batch")
 
-    from ddpm_helpers import get_profile, sampling
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.engine import sampling
 
     profile, model, schedule = benchcommon.model_to_time(args.run, args.profile)
     T = schedule.timesteps

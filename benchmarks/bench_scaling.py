@@ -3,7 +3,7 @@
     python benchmarks/bench_scaling.py [--profiles seed] [--batch N] [--steps 1] [--min-seconds 4]
                                        [--rounds 3] [--replicas 2] [--variants package,package_mixed,...]
 
-For each profile, the package's training step (:func:`ddpm_helpers.training.make_train_step`,
+For each profile, the package's training step (:func:`ddpm_helpers.engine.training.make_train_step`,
 with the EMA update, on one fixed batch of random images of the profile's shape) is timed in
 these variants, each with its own U-Net, optimizer and EMA (fresh weights: speed does not
 depend on them):
@@ -12,7 +12,7 @@ depend on them):
 - ``package_mixed``: the Keras policy ``mixed_bfloat16`` (what ``--mixed-precision`` uses on a
   CPU; weights, the network's output, the loss and the EMA stay float32);
 - ``package_xla``: float32 with ``jit_compile=True``;
-- ``package_mirrored2``: :func:`ddpm_helpers.distribute.make_distributed_train_step` under
+- ``package_mirrored2``: :func:`ddpm_helpers.engine.distribute.make_distributed_train_step` under
   ``tf.distribute.MirroredStrategy`` on ``--replicas`` logical CPU devices (the same cores, split:
   this measures the strategy's overhead, not a speed-up), on the same global batch.
 
@@ -45,9 +45,9 @@ def make_runner(name, profile, schedule, images, labels, strategy, seed: int = 0
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers.diffusion import diffusion_loss
-    from ddpm_helpers.distribute import make_distributed_train_step
-    from ddpm_helpers.training import build_training_state, make_train_step
+    from ddpm_helpers.method.diffusion import diffusion_loss
+    from ddpm_helpers.engine.distribute import make_distributed_train_step
+    from ddpm_helpers.engine.training import build_training_state, make_train_step
 
     keras.utils.set_random_seed(seed)
     mirrored = name == "package_mirrored2"
@@ -68,7 +68,7 @@ def bench_profile(profile, *, variants, strategy, steps: int, rounds: int, batch
                   min_seconds: float = 0.0) -> dict:
     import tensorflow as tf
 
-    from ddpm_helpers.schedules import schedule_from_profile
+    from ddpm_helpers.method.schedules import schedule_from_profile
 
     batch_size = int(batch_size or profile.batch_size)
     replicas = strategy.num_replicas_in_sync
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.replicas < 1:
         parser.error("--rounds and --replicas must be at least 1")
 
-    from ddpm_helpers.distribute import make_strategy
+    from ddpm_helpers.engine.distribute import make_strategy
 
     strategy = make_strategy("mirrored", args.replicas)  # before TensorFlow sets up its devices
     record = benchcommon.Record("scaling", "training step on CPU: mixed precision, XLA, MirroredStrategy")

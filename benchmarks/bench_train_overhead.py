@@ -4,11 +4,11 @@
 
 Variants, each on the same profile's U-Net, timed after their first (compiling) step:
 
-- ``bare``: :func:`ddpm_helpers.training.make_train_step` called in a plain Python loop on one
+- ``bare``: :func:`ddpm_helpers.engine.training.make_train_step` called in a plain Python loop on one
   fixed batch (no data pipeline, no host sync until the end);
 - ``bare+data``: the same, with the batches taken from the data pipeline that ``train()`` uses
-  (:func:`ddpm_helpers.pipeline.iterate_batches`);
-- ``train``: :func:`ddpm_helpers.training.train` itself (progress off, one checkpoint at the end),
+  (:func:`ddpm_helpers.engine.pipeline.iterate_batches`);
+- ``train``: :func:`ddpm_helpers.engine.training.train` itself (progress off, one checkpoint at the end),
   whose wall-clock speed is the ``steps_per_second`` it reports (measured after its compiling
   first step); its CPU time per step is that of a run of ``steps + 1`` steps less that of a run
   of 1 step, over ``steps``.
@@ -55,11 +55,11 @@ def bare_loop(profile, steps: int, jit_compile: bool, with_data: bool, seed: int
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers import training
-    from ddpm_helpers.data import load_data
-    from ddpm_helpers.pipeline import iterate_batches
-    from ddpm_helpers.diffusion import diffusion_loss
-    from ddpm_helpers.schedules import make_schedule
+    from ddpm_helpers.engine import training
+    from ddpm_helpers.engine.data import load_data
+    from ddpm_helpers.engine.pipeline import iterate_batches
+    from ddpm_helpers.method.diffusion import diffusion_loss
+    from ddpm_helpers.method.schedules import make_schedule
 
     keras.utils.set_random_seed(seed)
     model, ema_model = training.build_models(profile)
@@ -84,7 +84,7 @@ def bare_loop(profile, steps: int, jit_compile: bool, with_data: bool, seed: int
 
 
 def train_loop(profile, steps: int, jit_compile: bool) -> dict:
-    from ddpm_helpers import training
+    from ddpm_helpers.engine import training
 
     stamps, original = [], training.make_train_step
     training.make_train_step = lambda *args, **kwargs: _timed(original(*args, **kwargs), stamps)

@@ -14,7 +14,7 @@ the pixels either) are trained by these variants, which all update the same mode
   ``GradientTape`` and Adam with the seed's learning rate lr0 * 1e5 / (step + 1e5);
 - ``seed_graph``: the same Python function wrapped in ``tf.function``, as the seed chapter itself
   did (its ``training_block``);
-- ``package``: :func:`ddpm_helpers.training.make_train_step` (one ``tf.function``; stateless
+- ``package``: :func:`ddpm_helpers.engine.training.make_train_step` (one ``tf.function``; stateless
   random numbers keyed by the step, and the EMA update of the averaged weights, which the seed
   does not have);
 - ``package_xla`` (with ``--xla``): the same with ``jit_compile=True``.
@@ -106,12 +106,12 @@ def forward_flops_per_image(model, profile) -> dict:
 
     Convolutions and dense layers are counted by TensorFlow's graph profiler (2 per multiply-add);
     the profiler has no count for the einsums inside Keras' attention, so every attention block
-    adds ``2 x`` its multiply-accumulates from :func:`ddpm_helpers.unet.attention_cost`.
+    adds ``2 x`` its multiply-accumulates from :func:`ddpm_helpers.measuring.unet_costs.attention_cost`.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
-    from ddpm_helpers.unet import AttentionBlock, attention_cost
+    from ddpm_helpers.method.unet import AttentionBlock, attention_cost
 
     spec_x = tf.TensorSpec([1, profile.image_size, profile.image_size, profile.channels], tf.float32)
     spec_t = tf.TensorSpec([1], tf.int32)
@@ -150,10 +150,10 @@ def bench_profile(profile, *, variants, steps: int, rounds: int, batch_size: int
     import keras
     import tensorflow as tf
 
-    from ddpm_helpers.diffusion import diffusion_loss
-    from ddpm_helpers.schedules import schedule_from_profile
-    from ddpm_helpers.training import ExponentialMovingAverage, make_learning_rate, make_train_step
-    from ddpm_helpers.unet import build_unet_for_profile
+    from ddpm_helpers.method.diffusion import diffusion_loss
+    from ddpm_helpers.method.schedules import schedule_from_profile
+    from ddpm_helpers.engine.training import ExponentialMovingAverage, make_learning_rate, make_train_step
+    from ddpm_helpers.method.unet import build_unet_for_profile
 
     batch_size = int(batch_size or profile.batch_size)
     keras.utils.set_random_seed(seed)

@@ -39,7 +39,7 @@ def machine_description() -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from ddpm_helpers.sampling import machine_description as basic_description
+    from ddpm_helpers.engine.sample_files import machine_description as basic_description
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -112,14 +112,14 @@ def model_to_time(run_dir: str | None, profile_name: str | None):
     without a trained model; ``--run`` times a trained one instead.
     """
     from ddpm_helpers import get_profile
-    from ddpm_helpers.schedules import schedule_from_profile
+    from ddpm_helpers.method.schedules import schedule_from_profile
 
     if run_dir:
-        from ddpm_helpers.training import load_run
+        from ddpm_helpers.engine.training import load_run
 
         trained = load_run(run_dir)
         return trained.profile, trained.ema_model, trained.schedule
-    from ddpm_helpers.unet import build_unet_for_profile
+    from ddpm_helpers.method.unet import build_unet_for_profile
 
     profile = get_profile(profile_name)
     return profile, build_unet_for_profile(profile), schedule_from_profile(profile)

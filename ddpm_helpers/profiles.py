@@ -53,6 +53,7 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Every field as a plain dict (what ``config.json`` stores)."""
         return dataclasses.asdict(self)
 
 

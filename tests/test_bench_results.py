@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ddpm_helpers import bench_results
+from ddpm_helpers.notebook import bench_results
 
 
 def _record(speeds: dict, rounds: tuple = (0.010, 0.011)) -> dict:

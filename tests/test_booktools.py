@@ -12,8 +12,8 @@ import pytest
 
 import booktools
 from booktools import bookbuild
-from ddpm_helpers import bench_results, pages
-from ddpm_helpers.checks import CheckLog
+from ddpm_helpers.notebook import bench_results, pages
+from ddpm_helpers.notebook.checks import CheckLog
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_MATTER = (ROOT / "book" / "index.md").read_text().split("\n---\n", 1)[0] + "\n---\n"

@@ -1,4 +1,4 @@
-"""CelebA preparation (ddpm_helpers.celeba), on a small fake archive laid out like Kaggle's."""
+"""CelebA preparation (ddpm_helpers.engine.celeba), on a small fake archive laid out like Kaggle's."""
 
 import zipfile
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_helpers import celeba
-from ddpm_helpers.celeba import crop_box, make_fake_celeba, prepare_celeba
+from ddpm_helpers.engine import celeba
+from ddpm_helpers.engine.celeba import crop_box, make_fake_celeba, prepare_celeba
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_prepare_from_the_unpacked_folder(tmp_path):
 
 
 def test_prepared_folder_loads_unchanged_for_training(archive, tmp_path):
-    from ddpm_helpers.data import load_data
+    from ddpm_helpers.engine.data import load_data
 
     prepare_celeba(archive, tmp_path / "out", image_size=32)
     source = load_data(f"folder:{tmp_path / 'out'}", image_size=32, channels=3)

@@ -1,11 +1,11 @@
-"""Tests of ddpm_helpers.data: the digits, image folders (good and bad) and the tf.data pipeline."""
+"""Tests of ddpm_helpers.engine.data: the digits, image folders (good and bad) and the tf.data pipeline."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ddpm_helpers import data, image_folders, pipeline
+from ddpm_helpers.engine import data, image_folders, pipeline
 
 tf = pytest.importorskip("tensorflow")
 
@@ -233,7 +233,7 @@ def test_every_kind_of_image_file_is_stored_in_the_profiles_channels(tmp_path, k
 
 def test_files_of_every_kind_train(tmp_path):
     from ddpm_helpers import get_profile
-    from ddpm_helpers.training import train
+    from ddpm_helpers.engine.training import train
 
     for kind in IMAGE_KINDS:
         _write_image(kind, tmp_path / "faces")
@@ -245,7 +245,7 @@ def test_files_of_every_kind_train(tmp_path):
 
 def test_a_bad_folder_is_named_before_a_run_folder_is_written(tmp_path):
     from ddpm_helpers import get_profile
-    from ddpm_helpers.training import train
+    from ddpm_helpers.engine.training import train
 
     folder = _write_pngs(tmp_path / "faces", 3)
     _write_image("cmyk.jpg", folder)
@@ -262,7 +262,7 @@ def test_a_bad_folder_is_named_before_a_run_folder_is_written(tmp_path):
 
 def test_a_bad_file_met_while_training_a_large_folder_is_named(tmp_path, monkeypatch):
     from ddpm_helpers import get_profile
-    from ddpm_helpers.training import train
+    from ddpm_helpers.engine.training import train
 
     monkeypatch.setattr(image_folders, "VERIFY_ALL_UP_TO", 2)  # too many files to check them all first
     folder = _write_pngs(tmp_path / "faces", 3)

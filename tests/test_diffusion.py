@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.diffusion against float64 NumPy references written here."""
+"""Tests of ddpm_helpers.method.diffusion against float64 NumPy references written here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpm_helpers import diffusion
-from ddpm_helpers.schedules import SCHEDULE_NAMES, make_schedule
+from ddpm_helpers.method import diffusion
+from ddpm_helpers.method.schedules import SCHEDULE_NAMES, make_schedule
 
 T = 200
 

@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.distribute: training under tf.distribute.MirroredStrategy on 2 logical
+"""Tests of ddpm_helpers.engine.distribute: training under tf.distribute.MirroredStrategy on 2 logical
 CPU devices, and mixed precision. Each runs in a fresh process: the CPU can be split into logical
 devices only before TensorFlow starts.
 """
@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PRELUDE = """
 import sys
-from ddpm_helpers.distribute import make_strategy
+from ddpm_helpers.engine.distribute import make_strategy
 strategy = make_strategy("mirrored", 2)  # before TensorFlow starts
 import numpy as np, keras, tensorflow as tf
-from ddpm_helpers import get_profile, training
-from ddpm_helpers.data import load_digits
+from ddpm_helpers import get_profile
+from ddpm_helpers.engine import training
+from ddpm_helpers.engine.data import load_digits
 PROFILE = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,
                                        attention_resolutions=(), attention_in_bottleneck=False,
                                        time_embedding_dim=16)
@@ -34,8 +35,8 @@ def setup(where, loss_fn, *, precision="float32", optimizer=None, num_classes=No
     # A fresh model (the weights of seed 0), its optimizer (build_training_state's Adam, or optimizer())
     # and its step, on one device (where=None) or under the strategy `where`; the initial weights.
     import contextlib
-    from ddpm_helpers.distribute import make_distributed_train_step
-    from ddpm_helpers.schedules import make_schedule
+    from ddpm_helpers.engine.distribute import make_distributed_train_step
+    from ddpm_helpers.method.schedules import make_schedule
     keras.utils.set_random_seed(0)
     model, _, adam, ema, _ = training.build_training_state(PROFILE, num_classes=num_classes, lr_schedule="constant",
                                                            steps=10, strategy=where, precision=precision)
@@ -69,9 +70,9 @@ def _run(code: str, tmp_path) -> str:
 
 def test_two_replicas_take_the_step_of_one_device_and_resume_on_one(tmp_path):
     out = _run("""
-        from ddpm_helpers.diffusion import diffusion_loss
-        from ddpm_helpers.distribute import make_distributed_train_step
-        from ddpm_helpers.schedules import make_schedule
+        from ddpm_helpers.method.diffusion import diffusion_loss
+        from ddpm_helpers.engine.distribute import make_distributed_train_step
+        from ddpm_helpers.method.schedules import make_schedule
         assert strategy.num_replicas_in_sync == 2
         schedule = make_schedule("cosine", 100)
         batch, labels = tf.constant(images[:16]), tf.zeros([16], tf.int32)
@@ -162,7 +163,7 @@ def test_mixed_precision_trains_like_float32(tmp_path):
     # update by 2.5%; float16 (11 bits, 2**-12 = 0.024%) by 0.012% and 0.8%. A float16 step without
     # its loss scaling moved them by 19% and 67%. The bounds leave a margin of 4-8x over rounding.
     out = _run("""
-        from ddpm_helpers.diffusion import diffusion_loss
+        from ddpm_helpers.method.diffusion import diffusion_loss
         results = {}
         for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
             step, model, _, start = setup(None, diffusion_loss("mse"), precision=precision)

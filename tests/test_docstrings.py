@@ -20,7 +20,7 @@ def book_labels(root: Path = ROOT) -> set[str]:
 def cited_labels(root: Path = ROOT) -> dict[str, list[str]]:
     """``{label: [where it is cited]}`` over the docstrings of every module, class and function."""
     cited: dict[str, list[str]] = {}
-    for module in sorted((root / "ddpm_helpers").glob("*.py")):
+    for module in sorted((root / "ddpm_helpers").rglob("*.py")):
         tree = ast.parse(module.read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):

@@ -6,7 +6,7 @@ Chapter "Forward and reverse process", Eqs. (eq-tweedie), (eq-eps-score), (eq-be
 import numpy as np
 import pytest
 
-from ddpm_helpers.diffusion import gaussian_mixture_posterior
+from ddpm_helpers.method.diffusion import gaussian_mixture_posterior
 
 MEANS = np.array([[-1.0, 0.5], [0.8, -0.2], [0.0, 1.2]])
 STDS = np.array([0.2, 0.5, 0.3])

@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.gaussians against independent float64 computations.
+"""Tests of ddpm_helpers.method.gaussians against independent float64 computations.
 
 References: scipy.stats densities, KL by numerical integration (scipy.integrate.quad), Monte
 Carlo with a fixed seed, and the conjugate model's evidence and posterior obtained by brute-force
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from ddpm_helpers.gaussians import (
+from ddpm_helpers.method.gaussians import (
     conjugate_elbo,
     conjugate_log_evidence,
     conjugate_posterior,

@@ -9,10 +9,12 @@ from scipy.spatial.distance import pdist
 
 keras = pytest.importorskip("keras")
 
-from ddpm_helpers import guidance, toy2d, training  # noqa: E402
-from ddpm_helpers.diffusion import diffusion_loss  # noqa: E402
-from ddpm_helpers.schedules import make_schedule  # noqa: E402
-from ddpm_helpers.unet import build_unet  # noqa: E402
+from ddpm_helpers.engine import training  # noqa: E402
+from ddpm_helpers.measuring import guidance
+from ddpm_helpers.playground import toy2d, toy_training
+from ddpm_helpers.method.diffusion import diffusion_loss  # noqa: E402
+from ddpm_helpers.method.schedules import make_schedule  # noqa: E402
+from ddpm_helpers.method.unet import build_unet  # noqa: E402
 
 
 def _mlp(num_classes=8, seed=0):
@@ -140,7 +142,7 @@ def test_guidance_improves_agreement_with_the_requested_class():
     far more often than unconditional ones (1 in 8 by chance)."""
     schedule = make_schedule("linear", 50, beta_start=1e-3, beta_end=0.2)
     points, labels = toy2d.make_toy_data("eight_gaussians", 4000, seed=0, labels=True)
-    run = toy2d.train_toy(points, schedule, steps=500, batch_size=128, learning_rate=3e-3, ema_decay=0.9,
+    run = toy_training.train_toy(points, schedule, steps=500, batch_size=128, learning_rate=3e-3, ema_decay=0.9,
                           labels=labels, num_classes=8, label_dropout=0.2, progress=False,
                           build_model=lambda: toy2d.build_mlp_denoiser(hidden=32, depth=2, time_embedding_dim=16,
                                                                        num_classes=8))
@@ -181,7 +183,7 @@ def _label_model(schedule, num_classes=10):
 
 
 def test_guided_samples_follow_their_own_labels_and_scale_without_retracing():
-    from ddpm_helpers import sampling
+    from ddpm_helpers.engine import sampling
 
     schedule = make_schedule("cosine", 20)
     model = _label_model(schedule)

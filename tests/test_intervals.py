@@ -1,11 +1,11 @@
-"""Tests of ddpm_helpers.intervals: each interval against a closed form or a simulation."""
+"""Tests of ddpm_helpers.measuring.intervals: each interval against a closed form or a simulation."""
 
 import math
 
 import numpy as np
 import pytest
 
-from ddpm_helpers import intervals
+from ddpm_helpers.measuring import intervals
 
 
 def test_jackknife_of_the_mean_is_the_classical_standard_error():

@@ -12,7 +12,7 @@ import urllib.error
 import numpy as np
 import pytest
 
-from ddpm_helpers.data import KERAS_DATASETS, load_keras_dataset
+from ddpm_helpers.engine.data import KERAS_DATASETS, load_keras_dataset
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_cached_mnist_loads_without_network(cached_mnist):
 
 def test_smoke_training_on_cached_mnist(cached_mnist, tmp_path):
     from ddpm_helpers.profiles import get_profile
-    from ddpm_helpers.training import train
+    from ddpm_helpers.engine.training import train
 
     _, downloads = cached_mnist
     run = train(get_profile("smoke"), tmp_path / "run", steps=2, data="mnist",

@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.metrics: the Frechet distance against NumPy, and the digit-classifier metric."""
+"""Tests of ddpm_helpers.measuring.metrics: the Frechet distance against NumPy, and the digit-classifier metric."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ddpm_helpers import metrics
+from ddpm_helpers.measuring import metrics
 
 
 def numpy_frechet(a, b):
@@ -113,15 +113,15 @@ def test_metric_orders_real_shifted_and_noise(evaluator):
 
 
 def test_uint8_and_float_inputs_agree(evaluator):
-    from ddpm_helpers.plotting import to_uint8
+    from ddpm_helpers.notebook.plotting import to_uint8
 
     x = evaluator.held_out_images[:50]
     assert evaluator.fd_to_real(x) == pytest.approx(evaluator.fd_to_real(to_uint8(x)), rel=1e-6)
 
 
 def test_evaluate_cli(evaluator, tmp_path, runs_dir, monkeypatch, capsys):
-    from ddpm_helpers.__main__ import main
-    from ddpm_helpers.sampling import save_samples
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.engine.sample_files import save_samples
 
     monkeypatch.setenv("DDPM_RUNS_DIR", str(runs_dir))
     path = save_samples(tmp_path / "real.npz", evaluator.held_out_images[:100], meta={"dataset": "digits"})
@@ -142,7 +142,7 @@ def _cli(path):
 
 
 def test_evaluate_names_what_is_wrong_with_a_sample_file(evaluator, tmp_path, runs_dir, monkeypatch, capsys):
-    from ddpm_helpers.sampling import save_samples
+    from ddpm_helpers.engine.sample_files import save_samples
 
     monkeypatch.setenv("DDPM_RUNS_DIR", str(runs_dir))
     good = save_samples(tmp_path / "good.npz", evaluator.train_images[:80], meta={"dataset": "digits"})
@@ -190,8 +190,8 @@ def test_cli_sample_then_evaluate_on_a_tiny_run(tmp_path, runs_dir, monkeypatch,
     # A conditional run (2 training steps), so that the labels written by `sample` are checked too.
     num_classes = 10
     from ddpm_helpers import get_profile
-    from ddpm_helpers.__main__ import main
-    from ddpm_helpers.training import train
+    from ddpm_helpers.cli import main
+    from ddpm_helpers.engine.training import train
 
     monkeypatch.setenv("DDPM_RUNS_DIR", str(runs_dir))  # reuse the classifier trained above
     run = train(get_profile("smoke"), tmp_path / "run", steps=2, progress=False, num_classes=num_classes)

@@ -27,7 +27,8 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 jupytext = pytest.importorskip("jupytext")
 
-from ddpm_helpers import diffusion, sampling, schedules, training  # noqa: E402
+from ddpm_helpers.engine import sampling, training  # noqa: E402
+from ddpm_helpers.method import diffusion, schedules
 
 PAGE = Path(__file__).resolve().parents[1] / "book" / "03b_ddpm_on_one_screen.md"
 TRAINING_LOOP = "for step in range(STEPS)"

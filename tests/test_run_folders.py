@@ -23,8 +23,9 @@ import pytest
 
 pytest.importorskip("keras")
 
-from ddpm_helpers import get_profile, runs, training  # noqa: E402
-from ddpm_helpers.__main__ import build_parser, main  # noqa: E402
+from ddpm_helpers import get_profile  # noqa: E402
+from ddpm_helpers.engine import runs, training
+from ddpm_helpers.cli import build_parser, main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,
@@ -140,7 +141,7 @@ def test_help_is_plain_text_and_sample_has_a_batch_size():
 
 
 def _hold_lock_in_another_process(folder: Path, seconds: float):
-    code = ("import sys, time\nfrom ddpm_helpers.runs import run_lock\n"
+    code = ("import sys, time\nfrom ddpm_helpers.engine.runs import run_lock\n"
             f"with run_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=folder.parent, env=_env(), stdout=subprocess.PIPE,
                               text=True)

@@ -1,4 +1,4 @@
-"""Exact tests of the reverse steps and loops (ddpm_helpers.samplers, run by ddpm_helpers.sampling).
+"""Exact tests of the reverse steps and loops (ddpm_helpers.method.samplers, run by ddpm_helpers.engine.sampling).
 
 A plain float64 NumPy reference, written here from the papers' formulas, shares only the betas
 and the noise draws with the package (alpha_bar, beta_tilde and the posterior coefficients are
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_helpers import sampling, samplers
-from ddpm_helpers.schedules import make_schedule
+from ddpm_helpers.engine import sampling
+from ddpm_helpers.method import samplers
+from ddpm_helpers.method.schedules import make_schedule
 
 T = 20
 SHAPE = (4, 3, 2, 1)

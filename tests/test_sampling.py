@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.sampling: exact steps and loops against NumPy, and moments of the samplers.
+"""Tests of ddpm_helpers.engine.sampling: exact steps and loops against NumPy, and moments of the samplers.
 
 The first part compares single steps and whole loops at T = 20 with a plain float64 NumPy
 reference written here from the papers' formulas (only the betas and the noise are shared with the
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddpm_helpers import sampling
-from ddpm_helpers.schedules import make_schedule
+from ddpm_helpers.engine import sample_files, sampling
+from ddpm_helpers.method.schedules import make_schedule
 
 MU, SIGMA2 = 0.3, 0.25
 SHAPE = (2000, 2, 2, 2)  # 16,000 independent scalar samples
@@ -248,8 +248,8 @@ def test_eager_loop_matches_compiled(small_schedule):
 
 
 def test_default_labels():
-    assert sampling.default_labels(5, None) is None
-    np.testing.assert_array_equal(sampling.default_labels(12, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    assert sample_files.default_labels(5, None) is None
+    np.testing.assert_array_equal(sample_files.default_labels(12, 10), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
 
 
 def test_step_noise_is_standard_normal_and_the_same_under_xla():
@@ -314,7 +314,7 @@ def test_compiled_loops_are_reused_and_die_with_their_model(small_schedule):
 
 
 def test_nan_samples_raise(small_schedule):
-    from ddpm_helpers.plotting import to_uint8
+    from ddpm_helpers.notebook.plotting import to_uint8
 
     def broken(x, t):
         return x * float("nan")
@@ -329,7 +329,7 @@ def test_nan_samples_raise(small_schedule):
 
 
 def test_to_uint8_clips_values_outside_the_model_range():
-    from ddpm_helpers.plotting import to_display_range, to_uint8
+    from ddpm_helpers.notebook.plotting import to_display_range, to_uint8
 
     # Samples overshoot [-1, 1]; without the clip, 1.5 would wrap around to 63 and -1.5 to 192 or so.
     values = np.array([-3.0, -1.5, -1.0001, -1.0, 0.0, 1.0, 1.0001, 1.5, 3.0])
@@ -346,14 +346,14 @@ def test_cached_samples_reload_redraw_and_refuse_nan(small_schedule, tmp_path, c
     profile = get_profile("smoke").replace(image_size=2)
     run = types.SimpleNamespace(schedule=small_schedule, ema_model=_tiny_model(), run_dir=tmp_path, profile=profile,
                                 num_classes=None)
-    drawn = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
-    loaded = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    drawn = sample_files.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    loaded = sample_files.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
     assert loaded.info["cached"] and not drawn.info["cached"]
     np.testing.assert_array_equal(loaded.images, drawn.images)
     path = drawn.info["path"]
     with open(path, "wb") as handle:  # a truncated file is drawn again, with a warning
         handle.write(b"PK\x03\x04 truncated")
-    again = sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+    again = sample_files.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
     assert "cannot read the cached samples" in capsys.readouterr().err
     np.testing.assert_array_equal(again.images, drawn.images)
     with np.load(path) as stored:
@@ -361,4 +361,4 @@ def test_cached_samples_reload_redraw_and_refuse_nan(small_schedule, tmp_path, c
     np.savez_compressed(path, images=np.full((4, 2, 2, 1), np.nan, np.float32), meta=np.array(meta))
     assert json.loads(meta)["settings"]["steps"] == 3
     with pytest.raises(ValueError, match="cached samples in .* hold NaN"):
-        sampling.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)
+        sample_files.cached_samples(run, 4, sampler="ddim", steps=3, progress=False)

@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.schedules against independent float64 references written here.
+"""Tests of ddpm_helpers.method.schedules against independent float64 references written here.
 
 The references are deliberately written differently from the package (loops and the math
 module instead of vectorised NumPy), so a shared mistake is unlikely.
@@ -14,7 +14,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpm_helpers.schedules import (
+from ddpm_helpers.method.schedules import (
     ARRAY_NAMES,
     SCHEDULE_NAMES,
     NoiseSchedule,

@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.toy2d: the 2-D data sets, the sliced Wasserstein distance, the MLP and its training."""
+"""Tests of ddpm_helpers.playground.toy2d: the 2-D data sets, the sliced Wasserstein distance, the MLP and its training."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from ddpm_helpers import toy2d
-from ddpm_helpers.schedules import make_schedule
+from ddpm_helpers.playground import toy2d, toy_training
+from ddpm_helpers.method.schedules import make_schedule
 
 # ---------------------------------------------------------------- data
 
@@ -175,9 +175,9 @@ def test_mlp_denoiser_rejects_bad_settings(kwargs, message):
 def test_toy_settings_per_profile():
     from ddpm_helpers import get_profile
 
-    smoke, default = toy2d.toy_settings(get_profile("smoke")), toy2d.toy_settings(get_profile("default"))
+    smoke, default = toy_training.toy_settings(get_profile("smoke")), toy_training.toy_settings(get_profile("default"))
     assert smoke.train_steps < default.train_steps and smoke.num_samples <= default.num_samples
-    assert toy2d.toy_settings(get_profile("seed")).train_steps == default.train_steps
+    assert toy_training.toy_settings(get_profile("seed")).train_steps == default.train_steps
 
 
 def _tiny(**kwargs):
@@ -185,11 +185,11 @@ def _tiny(**kwargs):
 
 
 def test_train_toy_learns_the_eight_gaussians():
-    from ddpm_helpers import sampling
+    from ddpm_helpers.engine import sampling
 
     schedule = make_schedule("linear", 50, beta_start=1e-3, beta_end=0.2)
     data = toy2d.make_toy_data("eight_gaussians", 4000, seed=0)
-    run = toy2d.train_toy(data, schedule, steps=600, batch_size=128, learning_rate=3e-3, ema_decay=0.9,
+    run = toy_training.train_toy(data, schedule, steps=600, batch_size=128, learning_rate=3e-3, ema_decay=0.9,
                           build_model=_tiny, progress=False)
     losses = np.array(run.history["loss"])
     assert losses[-100:].mean() < 0.8 * losses[:20].mean()
@@ -202,17 +202,17 @@ def test_train_toy_learns_the_eight_gaussians():
 def test_train_toy_is_reproducible_and_validates():
     schedule = make_schedule("linear", 20)
     data = toy2d.make_toy_data("two_moons", 300, seed=0)
-    first = toy2d.train_toy(data, schedule, steps=5, batch_size=16, build_model=_tiny, progress=False, seed=4)
-    second = toy2d.train_toy(data, schedule, steps=5, batch_size=16, build_model=_tiny, progress=False, seed=4)
+    first = toy_training.train_toy(data, schedule, steps=5, batch_size=16, build_model=_tiny, progress=False, seed=4)
+    second = toy_training.train_toy(data, schedule, steps=5, batch_size=16, build_model=_tiny, progress=False, seed=4)
     for a, b in zip(first.ema_model.get_weights(), second.ema_model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert first.history["loss"] == second.history["loss"]
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        toy2d.train_toy(data, schedule, steps=0)
+        toy_training.train_toy(data, schedule, steps=0)
     with pytest.raises(ValueError, match="needs labels"):
-        toy2d.train_toy(data, schedule, steps=1, num_classes=2)
+        toy_training.train_toy(data, schedule, steps=1, num_classes=2)
     with pytest.raises(ValueError, match=r"labels must have shape \(300,\)"):
-        toy2d.train_toy(data, schedule, steps=1, labels=np.zeros(5), num_classes=2)
+        toy_training.train_toy(data, schedule, steps=1, labels=np.zeros(5), num_classes=2)
 
 
 # ---------------------------------------------------------------- sampling helpers
@@ -221,7 +221,7 @@ def test_train_toy_is_reproducible_and_validates():
 def test_clipped_noise_predictor_clips_the_guess_of_x0():
     import tensorflow as tf
 
-    from ddpm_helpers import diffusion
+    from ddpm_helpers.method import diffusion
 
     schedule = make_schedule("linear", 100)
     x = tf.constant(np.array([[0.5, -0.2], [10.0, -10.0], [1.0, 2.0]], np.float32))

@@ -1,9 +1,9 @@
-"""The exact score of the 2-D data sets (ddpm_helpers.toy_score), chapter "Diffusion in two dimensions"."""
+"""The exact score of the 2-D data sets (ddpm_helpers.playground.toy_score), chapter "Diffusion in two dimensions"."""
 
 import numpy as np
 import pytest
 
-from ddpm_helpers import toy2d, toy_score
+from ddpm_helpers.playground import toy2d, toy_score
 
 
 @pytest.mark.parametrize("name", toy2d.TOY_DATASETS)

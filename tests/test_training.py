@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.training and the modules it re-exports (learning_rates, train_step,
+"""Tests of ddpm_helpers.engine.training and the modules it re-exports (learning_rates, train_step,
 checkpoints, runs): learning rate, EMA, the step's NaN guard, training, checkpoints, resume, stale
 runs and the CLI.
 
@@ -15,9 +15,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from ddpm_helpers import get_profile, training  # noqa: E402
-from ddpm_helpers.__main__ import build_parser, main  # noqa: E402
-from ddpm_helpers.data import load_digits  # noqa: E402
+from ddpm_helpers import get_profile  # noqa: E402
+from ddpm_helpers.engine import training
+from ddpm_helpers.cli import build_parser, main  # noqa: E402
+from ddpm_helpers.engine.data import load_digits  # noqa: E402
 
 # The smoke profile with a one-level U-Net: compiling the training step dominates these tests' time.
 PROFILE = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,

@@ -1,4 +1,4 @@
-"""Tests of what keeps long runs trustworthy (ddpm_helpers.train_step, runs, checkpoints, training):
+"""Tests of what keeps long runs trustworthy (ddpm_helpers.engine.train_step, runs, checkpoints, training):
 the non-finite guard of the compiled step, resuming with changed training settings, XLA and the
 step's random numbers, the progress line of a book build.
 """
@@ -13,9 +13,10 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from ddpm_helpers import get_profile, training  # noqa: E402
-from ddpm_helpers.data import load_digits  # noqa: E402
-from ddpm_helpers.schedules import make_schedule  # noqa: E402
+from ddpm_helpers import get_profile  # noqa: E402
+from ddpm_helpers.engine import training
+from ddpm_helpers.engine.data import load_digits  # noqa: E402
+from ddpm_helpers.method.schedules import make_schedule  # noqa: E402
 
 PROFILE = get_profile("smoke").replace(batch_size=16, checkpoint_every=6, widths=(8,), num_res_blocks=1,
                                        attention_resolutions=(), attention_in_bottleneck=False, time_embedding_dim=16)
@@ -121,10 +122,10 @@ def test_a_book_build_prints_one_progress_line(tmp_path, images, capsys, monkeyp
 
 
 def test_the_2d_loop_stops_with_an_error_at_a_nan_gradient():
-    from ddpm_helpers import toy2d
+    from ddpm_helpers.playground import toy2d, toy_training
 
     data = toy2d.make_toy_data("two_moons", 300, seed=0)
     schedule = make_schedule("linear", 20)
     with pytest.raises(FloatingPointError, match="a gradient became NaN or infinite at step 3 of 6"):
-        toy2d.train_toy(data, schedule, steps=6, batch_size=16, progress=False,
+        toy_training.train_toy(data, schedule, steps=6, batch_size=16, progress=False,
                         loss_fn=_loss_with_nan_gradient_at(3))

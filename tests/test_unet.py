@@ -1,4 +1,4 @@
-"""Tests of ddpm_helpers.unet: shapes, time and label conditioning, serialisation, bad settings.
+"""Tests of ddpm_helpers.method.unet: shapes, time and label conditioning, serialisation, bad settings.
 
 The block tests compare the Keras layers with NumPy references written here from the equations
 of the chapter "The U-Net", so a mistake in a layer's call cannot hide behind itself.
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from ddpm_helpers.profiles import PROFILES
-from ddpm_helpers.unet import (
+from ddpm_helpers.measuring.unet_costs import attention_cost
+from ddpm_helpers.method.unet import (
     AttentionBlock,
     ResidualBlock,
     SinusoidalTimeEmbedding,
-    attention_cost,
     build_unet,
     build_unet_for_profile,
     sinusoidal_frequencies,
@@ -302,7 +302,7 @@ ROUND_TRIP = """
 import sys
 import keras
 import numpy as np
-import ddpm_helpers.unet  # importing the module registers its layers, nothing else does
+import ddpm_helpers.method.unet  # importing the module registers its layers, nothing else does
 folder = sys.argv[1]
 model = keras.saving.load_model(folder + "/unet.keras", safe_mode=True)
 inputs = list(np.load(folder + "/inputs.npz").values())

@@ -80,7 +80,7 @@ def colab_cell_source(url: str, branch: str) -> str:
             "# does not clutter the chapter; and use the book's plot style.",
             "import tensorflow  # noqa: E402",
             "",
-            "from ddpm_helpers.plotting import use_book_style  # noqa: E402",
+            "from ddpm_helpers.notebook.plotting import use_book_style  # noqa: E402",
             "",
             "use_book_style()",
             "tensorflow.config.list_logical_devices()",

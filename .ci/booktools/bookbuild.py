@@ -68,7 +68,7 @@ def read_page(md: Path):
 def _pretrain() -> float:
     """Train (or load) the active profile's model, which most chapters use."""
     from ddpm_helpers import get_profile
-    from ddpm_helpers.training import load_or_train
+    from ddpm_helpers.engine.training import load_or_train
 
     began = time.perf_counter()
     load_or_train(get_profile())

@@ -1,0 +1,113 @@
+"""The tf.data pipeline from a :class:`~ddpm_helpers.engine.data_source.DataSource` to training
+batches (chapter "Training", ``sec-training``).
+
+:func:`make_pipeline` gives the batches of one epoch, in one canonical order::
+
+    decode + resize (uint8)  ->  cache  ->  shuffle (all of it)  ->  scale to [-1, 1]
+        ->  batch(drop_remainder)  ->  augment (random flips, faces only)  ->  prefetch
+
+Randomness in the pipeline is keyed by ``(seed, epoch)`` and ``(seed, epoch, batch)``, so the batch
+of training step ``s`` is the same whether training runs straight through or resumes at ``s``
+(:func:`iterate_batches`).
+"""
+
+from __future__ import annotations
+
+from ddpm_helpers.engine.data import DataSource
+
+
+def random_flip(images, seed):
+    """Flip each image of a batch left-right with probability 1/2, reproducibly for a given ``seed`` (shape (2,))."""
+    import tensorflow as tf
+
+    return tf.image.stateless_random_flip_left_right(images, seed=seed)
+
+
+def make_pipeline(
+    source: DataSource,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: bool | None = None,
+    shuffle_buffer: int | None = None,
+):
+    """The batches ``(images, labels)`` of one epoch (one pass over the data), as a ``tf.data.Dataset``.
+
+    The canonical order (chapter "Training", ``sec-training``):
+
+    1. the source's loader decodes and resizes every image (uint8 for a folder of images);
+    2. ``cache()``: that work is done once, in the first epoch, and the cache holds uint8
+       (:meth:`.DataSource.cached`); a folder too large for memory (``in_memory`` False) is
+       decoded again in every epoch instead, after its file names are shuffled;
+    3. ``shuffle`` over the whole data set (a buffer of ``count`` elements, so the shuffle is
+       global, not local): a new order in each epoch, seeded by ``(seed, epoch)``;
+    4. scale to [-1, 1] (float32), after the cache;
+    5. ``batch(drop_remainder=True)``: every batch has ``batch_size`` images (one compiled step);
+    6. augmentation, only where it suits the data (``source.flip``: random horizontal flips of
+       faces; never digits, whose mirror images are not digits), keyed by ``(seed, epoch, batch)``.
+       It comes after the cache on purpose: a random flip before ``cache()`` would be drawn once
+       and then replayed from the cache in every epoch;
+    7. ``prefetch``: the next batch is prepared while the model trains on this one.
+
+    ``shuffle_buffer`` defaults to the whole data set. The order depends on
+    ``seed``, ``epoch`` and TensorFlow's global seed (which :func:`ddpm_helpers.engine.training.train`
+    sets to ``seed``), so a resumed run sees the batches an uninterrupted one would.
+    """
+    import tensorflow as tf
+
+    augment = source.flip if augment is None else augment
+    steps_per_epoch = source.steps_per_epoch(batch_size)
+    epoch_seed = int(seed) * 1_000_003 + int(
+        epoch
+    )  # a distinct order for every (seed, epoch)
+    order = dict(
+        buffer_size=shuffle_buffer or source.count,
+        seed=epoch_seed % (2**31 - 1),
+        reshuffle_each_iteration=False,
+    )
+    if source.in_memory:
+        examples = source.cached().shuffle(**order)
+    else:  # the same order: shuffle the file names, then decode
+        examples = source.elements.shuffle(**order).map(
+            source.load, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    if source.to_model_range is not None:
+        examples = examples.map(
+            source.to_model_range, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    batches = examples.batch(batch_size, drop_remainder=True).take(
+        steps_per_epoch
+    )
+    if augment:
+
+        def flip(index, batch):
+            images, labels = batch
+            key = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            return random_flip(images, key), labels
+
+        batches = batches.enumerate().map(
+            flip, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0, **pipeline_kwargs):
+    """Endless training batches from step ``start_step`` on: epoch after epoch of :func:`make_pipeline`.
+
+    Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so starting at
+    ``start_step`` gives exactly the batches an uninterrupted run sees from there. Epochs are
+    chained into datasets of about 1000 steps: starting an iterator costs a few milliseconds,
+    which matters when an epoch of the digits is only a couple of dozen steps.
+    """
+    import tensorflow as tf
+
+    steps_per_epoch = source.steps_per_epoch(batch_size)
+    epoch, skip = divmod(int(start_step), steps_per_epoch)
+    chunk = max(1, min(50, 1000 // steps_per_epoch))
+    while True:
+        dataset = make_pipeline(source, batch_size, seed=seed, epoch=epoch, **pipeline_kwargs)
+        for later in range(epoch + 1, epoch + chunk):
+            dataset = dataset.concatenate(make_pipeline(source, batch_size, seed=seed, epoch=later, **pipeline_kwargs))
+        yield from dataset.skip(skip).prefetch(tf.data.AUTOTUNE)
+        epoch, skip = epoch + chunk, 0
