@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed-precision", action="store_true", default=None,
                        help="compute in bfloat16 (CPU, TPU) or float16 with loss scaling (GPU); weights, loss "
                             "and EMA stay float32; a resumed run keeps its setting)")
+    train.add_argument("--sample-every", type=int, default=None, metavar="N",
+                       help="every N steps, write a grid of 16 EMA samples (DDIM, 50 steps, fixed seed) to "
+                            "OUT/samples/step-NNNNNN.png (default: off)")
+    train.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=True,
+                       help="do not write TensorBoard scalars (loss, learning rate, steps/s) to OUT/logs "
+                            "(default: written; view with tensorboard --logdir OUT/logs)")
     train.add_argument("--replicas", type=int, default=None,
                        help="with --strategy mirrored on a machine without GPUs: split the CPU into this many "
                             "logical devices (to try distribution on a laptop)")
@@ -87,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=int, default=None,
                         help="images sampled at once (default: up to 500; lower it if memory runs out)")
     sample.add_argument("--out", required=True, help=".npz file: images uint8 NxHxWxC (+ labels)")
+    sample.add_argument("--png", default=None, metavar="GRID.png",
+                        help="also write the first --png-count images as one PNG grid (e.g. --png grid.png)")
+    sample.add_argument("--png-count", type=int, default=64, help="images in the --png grid (default: 64)")
 
     evaluate = commands.add_parser(
         "evaluate", help="score samples with the book's offline metric (ddpm_helpers.measuring.metrics)",
@@ -137,7 +146,8 @@ def train_from_cli(args) -> int:
                     lr_schedule=args.lr_schedule, learning_rate=args.learning_rate,
                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                     jit_compile=args.xla, strategy=strategy, replicas=args.replicas,
-                    mixed_precision=args.mixed_precision)
+                    mixed_precision=args.mixed_precision, tensorboard=args.tensorboard,
+                    sample_every=args.sample_every)
     except TrainingInterrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return stop.exit_status

@@ -199,7 +199,8 @@ def load_samples(path) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
 
 
 def sample_from_cli(args) -> int:
-    """``python -m ddpm_helpers sample --run RUN --n N --sampler ddpm|ddim [--steps S] [--eta E] [--seed K] --out F``."""
+    """``python -m ddpm_helpers sample --run RUN --n N --sampler ddpm|ddim [--steps S] [--eta E] [--seed K] --out F``
+    ``[--png GRID.png]`` (the first ``--png-count`` images as one picture)."""
     from ddpm_helpers.engine.runs import run_folder
     from ddpm_helpers.engine.sampling import sample
     from ddpm_helpers.engine.training import load_run
@@ -213,6 +214,8 @@ def sample_from_cli(args) -> int:
             raise ValueError(f"--out must be an .npz file, got {args.out!r}; e.g. --out samples.npz.")
         if args.batch_size is not None and args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        if getattr(args, "png", None) and not str(args.png).lower().endswith(".png"):
+            raise ValueError(f"--png must name a .png file, got {args.png!r}; e.g. --png grid.png.")
         run = load_run(run_folder(args.run))
         profile = run.profile
         labels = default_labels(args.n, run.num_classes)
@@ -230,4 +233,10 @@ def sample_from_cli(args) -> int:
                 machine=machine_description())
     path = save_samples(args.out, result.images, labels=result.labels, meta=meta)
     print(f"Wrote {args.n} images ({args.sampler}, {result.model_calls} steps, {result.seconds:.1f} s) to {path}.")
+    if getattr(args, "png", None):
+        from ddpm_helpers.notebook.plotting import save_image_grid
+
+        shown = result.images[:max(1, getattr(args, "png_count", 64))]
+        grid = save_image_grid(shown, args.png, scale=max(1, 64 // profile.image_size))
+        print(f"Wrote a grid of {len(shown)} of them to {grid}.")
     return 0

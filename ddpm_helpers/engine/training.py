@@ -131,7 +131,8 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
           label_dropout: float | None = None, lr_schedule: str | None = None, learning_rate: float | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 2, jit_compile: bool | None = None,
           loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
-          mixed_precision: bool | None = None) -> TrainedRun:
+          mixed_precision: bool | None = None, tensorboard: bool = False,
+          sample_every: int | None = None) -> TrainedRun:
     """Train the profile's U-Net as a DDPM and write checkpoints and ``config.json`` to ``run_dir``.
 
     - ``steps`` (default ``profile.train_steps``), ``seed`` (default ``profile.seed``), ``data``
@@ -169,6 +170,10 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     - ``mixed_precision``: compute in bfloat16 (CPUs, TPUs) or float16 with loss scaling (GPUs),
       keeping the weights, the network's output, the loss and the EMA in float32
       (:func:`ddpm_helpers.engine.precision.precision_policy`).
+    - ``tensorboard``: write loss, learning rate and steps/s to ``run_dir/logs`` for TensorBoard;
+      ``sample_every``: every that many steps, a grid of EMA samples to
+      ``run_dir/samples/step-NNNNNN.png`` (:class:`ddpm_helpers.engine.run_log.RunLog`; both off
+      by default).
     """
     from ddpm_helpers.profiles import get_profile
 
@@ -199,11 +204,11 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     with run_lock(run_dir), stop_requests() as stop:  # a signal from here on stops after a step, saved
         return _train_in(stop, run_dir, profile, source, config, settings, resume=resume, progress=progress,
                          loss_fn=loss_fn, on_step=on_step, strategy=strategy, replicas=replicas,
-                         mixed_precision=bool(mixed_precision))
+                         mixed_precision=bool(mixed_precision), tensorboard=tensorboard, sample_every=sample_every)
 
 
 def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progress, loss_fn, on_step, strategy,
-              replicas, mixed_precision) -> TrainedRun:
+              replicas, mixed_precision, tensorboard=False, sample_every=None) -> TrainedRun:
     """The body of :func:`train`, holding the run folder's lock: set up, then the loop. A signal
     (``stop``) ends it after the step it arrives in (the first, if it comes during the set-up)."""
     import keras
@@ -212,6 +217,7 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
     from ddpm_helpers.method.diffusion import diffusion_loss
     from ddpm_helpers.notebook.pages import ProgressBar
     from ddpm_helpers.engine.pipeline import iterate_batches
+    from ddpm_helpers.engine.run_log import RunLog
     from ddpm_helpers.method.schedules import make_schedule
 
     steps, seed, checkpoint_every = settings["steps"], settings["seed"], settings["checkpoint_every"]
@@ -240,6 +246,8 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
     batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
     curve = _History(history, learning_rates(rate, start, steps), start)
     clock, last_saved, bar, last_flush = _Clock(start, meta), start or None, None, 0.0
+    log = RunLog(run_dir, tensorboard=tensorboard, sample_every=sample_every, ema_model=ema_model, schedule=schedule,
+                 image_shape=source.image_shape, num_classes=settings["num_classes"], history=history)
 
     for step in range(start + 1, steps + 1):
         images, labels = _next_batch(batches, source)
@@ -255,16 +263,20 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
             if int(train_step.bad_step):
                 raise _non_finite_error(train_step, steps, run_dir, last_saved)
             bar.update(step - start, curve.flush(step))
+            log.scalars(curve.history)
             last_flush = time.perf_counter()
             if on_step is not None:
                 on_step(step, curve.history["loss"][-1])
         if saving:
             meta = clock.meta(step, seed, source.steps_per_epoch(profile.batch_size))
             checkpoint.save(step, curve.history, meta)
+            log.flush()
             last_saved = step
+        log.after_step(step)  # a grid of EMA samples every sample_every steps
         if stopping and step < steps:
             raise _interrupted(stop, step, steps, run_dir, strategy, replicas)
 
+    log.close()
     return TrainedRun(model=model, ema_model=ema_model, schedule=schedule, profile=profile, history=curve.history,
                       run_dir=run_dir, config=config, step=max(start, steps),
                       train_seconds=float(meta.get("train_seconds") or 0.0),
