@@ -104,14 +104,18 @@ def make_seed_step(model, betas, batch_size: int, base_lr: float):
 def forward_flops_per_image(model, profile) -> dict:
     """Floating-point operations of one forward pass for one image.
 
-    Convolutions and dense layers are counted by TensorFlow's graph profiler (2 per multiply-add);
-    the profiler has no count for the einsums inside Keras' attention, so every attention block
-    adds ``2 x`` its multiply-accumulates from :func:`ddpm_helpers.measuring.unet_costs.attention_cost`.
+    ``total_flops`` is :func:`ddpm_helpers.measuring.unet_costs.forward_flops`, the count every
+    chapter uses (2 x the U-Net chapter's MACs). As a cross-check, TensorFlow's graph profiler
+    counts the convolutions, dense layers and attention's four projections (2 per
+    multiply-add) but not the two einsums inside Keras' attention: ``profiler_total_flops`` is
+    the profiler's count plus ``2 x`` those einsums' MACs (adding every attention MAC instead,
+    as this benchmark once did, counts the projections twice: 2.76 instead of 2.19 GMACs for
+    the seed network).
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2_as_graph
 
-    from ddpm_helpers.method.unet import AttentionBlock, attention_cost
+    from ddpm_helpers.measuring.unet_costs import attention_mixing_macs, forward_flops
 
     spec_x = tf.TensorSpec([1, profile.image_size, profile.image_size, profile.channels], tf.float32)
     spec_t = tf.TensorSpec([1], tf.int32)
@@ -121,14 +125,10 @@ def forward_flops_per_image(model, profile) -> dict:
     options["output"] = "none"
     profiled = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options).total_float_ops
     einsums = sum(1 for op in frozen.graph.get_operations() if op.type == "Einsum")
-    attention = 0
-    for layer in model.layers:
-        if isinstance(layer, AttentionBlock):
-            _, height, width, channels = layer.input.shape
-            cost = attention_cost(height * width, channels, layer.num_heads, layer.key_dim)
-            attention += 2 * cost["macs"]
-    return {"profiled_flops": int(profiled), "attention_flops": int(attention),
-            "total_flops": int(profiled + attention), "einsum_ops_not_profiled": einsums}
+    mixing = 2 * attention_mixing_macs(model)
+    return {"profiled_flops": int(profiled), "attention_mixing_flops": int(mixing),
+            "profiler_total_flops": int(profiled + mixing), "total_flops": forward_flops(model),
+            "einsum_ops_not_profiled": einsums}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The command line, ``python -m ddpm_helpers {train,sample,evaluate} --help`` (also ``ddpm-helpers``).
+"""The command line, ``python -m ddpm_helpers {prepare-celeba,train,sample,evaluate} --help`` (also ``ddpm-helpers``).
 
 Each sub-command is a thin wrapper: the work is done by the module named in its help text.
 """
@@ -10,12 +10,23 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m ddpm_helpers`` and its commands: train, sample, evaluate."""
+    """The parser of ``python -m ddpm_helpers`` and its commands: prepare-celeba, train, sample, evaluate."""
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_helpers",
         description="Train a DDPM, sample from it and evaluate the samples: python -m ddpm_helpers "
-                    "{train,sample,evaluate} --help describes each command.")
+                    "{prepare-celeba,train,sample,evaluate} --help describes each command.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    from ddpm_helpers.engine import celeba
+
+    prepare = commands.add_parser(
+        "prepare-celeba", help="crop and resize CelebA once into a folder of PNGs (ddpm_helpers.engine.celeba)",
+        description="Crop CelebA's aligned faces to their central square and resize them to 32x32 PNGs, read from "
+                    "Kaggle's archive.zip in place or from the folder kagglehub.dataset_download returns. Re-running "
+                    "skips the faces already written. " + celeba._layout_help(),
+        epilog="Example: python -m ddpm_helpers prepare-celeba archive.zip data/celeba32, then python -m "
+               "ddpm_helpers train --profile celeba --out runs/celeba (the celeba profile reads data/celeba32).")
+    celeba.add_arguments(prepare)
 
     train = commands.add_parser(
         "train", help="train a DDPM (ddpm_helpers.engine.training)",
@@ -26,16 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "config.json; it may change --learning-rate, --steps, --seed and --xla/--no-xla (it prints what "
                     "changed), not the model or data. One process at a time may write a run folder.",
         epilog="Examples: python -m ddpm_helpers train --profile default --data digits --out runs/digits ; "
-               "python -m ddpm_helpers train --profile seed --data folder:data/img_align_celeba --out runs/celeba "
-               "(CelebA: https://www.kaggle.com/datasets/jessicali9530/celeba-dataset, unzipped; a GPU is advised).",
+               "CelebA (a GPU is advised): python -m ddpm_helpers prepare-celeba archive.zip data/celeba32 ; "
+               "python -m ddpm_helpers train --profile celeba --out runs/celeba (the celeba profile reads "
+               "folder:data/celeba32; archive.zip from https://www.kaggle.com/datasets/jessicali9530/celeba-dataset "
+               "or kagglehub; chapter 'Scaling up').",
     )
     train.add_argument("--profile", default=None,
-                       help="smoke, default or seed (default: $DDPM_PROFILE, else 'default'; with --resume: the "
-                            "run's own)")
+                       help="smoke, default or celeba (alias: seed) (default: $DDPM_PROFILE, else 'default'; with "
+                            "--resume: the run's own)")
     train.add_argument("--data", default=None,
                        help="digits (offline), mnist, fashion_mnist, cifar10 (need internet) or folder:PATH, a "
-                            "folder of images such as CelebA's img_align_celeba (default: the profile's; with --resume: the "
-                            "run's own)")
+                            "folder of images such as data/celeba32 written by prepare-celeba (default: the profile's, "
+                            "folder:data/celeba32 for celeba; with --resume: the run's own)")
     train.add_argument("--out", required=True, help="run folder for checkpoints and config.json")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the profile's; with --resume: the run's own)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -109,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command with ``argv`` (default: the process's arguments); the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "prepare-celeba":
+        from ddpm_helpers.engine.celeba import run
+
+        return run(args)
     if args.command == "train":
         return train_from_cli(args)
     if args.command == "sample":

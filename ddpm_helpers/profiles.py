@@ -1,10 +1,13 @@
 """Run profiles: one place that says how big every experiment in the book is.
 
 Every chapter calls :func:`get_profile`, which reads the ``DDPM_PROFILE`` environment
-variable (``smoke``, ``default`` or ``seed``). ``make test`` uses ``smoke`` so the whole
+variable (``smoke``, ``default`` or ``celeba``). ``make test`` uses ``smoke`` so the whole
 suite stays fast, ``make book`` uses ``default`` (real results on a 2-core CPU), and
-``seed`` is the full configuration of the chapter this book grew from (CelebA at
-32x32x3, T = 1000), meant for a GPU. See the README's "Profiles" table.
+``celeba`` is the full configuration of the chapter this book grew from (CelebA at
+32x32x3, T = 1000), meant for a GPU. Its old name ``seed`` still works as an alias
+(:data:`ALIASES`): ``get_profile("seed")`` and ``PROFILES["seed"]`` return the ``celeba``
+profile, whose ``name`` (and so its run folder, ``runs/celeba``) is ``celeba``. See the
+README's "Profiles" table.
 """
 
 from __future__ import annotations
@@ -57,7 +60,24 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-PROFILES: dict[str, Profile] = {
+# Old names still accepted: the profile "seed" was renamed "celeba" (readers took "the seed
+# profile" for a random seed). An alias returns the profile itself, name and run folder included.
+ALIASES = {"seed": "celeba"}
+# Where `python -m ddpm_helpers prepare-celeba ARCHIVE data/celeba32` writes the prepared faces.
+CELEBA_FOLDER = "data/celeba32"
+
+
+class _Profiles(dict):
+    """The profiles by name; an old name (:data:`ALIASES`) looks up its new one, but is not
+    listed (iterating gives each profile once)."""
+
+    def __missing__(self, name):
+        if name in ALIASES:
+            return self[ALIASES[name]]
+        raise KeyError(name)
+
+
+PROFILES: dict[str, Profile] = _Profiles({
     "smoke": Profile(
         name="smoke",
         description="Tiny: checks that every cell runs (make test). Results are not meaningful.",
@@ -108,10 +128,11 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=500,
         num_eval_samples=256,
     ),
-    "seed": Profile(
-        name="seed",
-        description="The original CelebA tutorial's configuration: CelebA 32x32x3, T=1000, for a GPU.",
-        dataset="folder:data/img_align_celeba",
+    "celeba": Profile(
+        name="celeba",
+        description="The original CelebA tutorial's configuration: CelebA 32x32x3, T=1000, for a GPU "
+                    "(alias: seed).",
+        dataset="folder:" + CELEBA_FOLDER,
         image_size=32,
         channels=3,
         timesteps=1000,
@@ -133,13 +154,13 @@ PROFILES: dict[str, Profile] = {
         checkpoint_every=2000,
         num_eval_samples=1000,
     ),
-}
+})
 
 
 def get_profile(name: str | None = None) -> Profile:
     """Return the named profile, or the one named by ``$DDPM_PROFILE`` (default: ``default``).
 
-    Raises ``ValueError`` naming the valid profiles when the name is unknown.
+    ``"seed"``, the old name of ``"celeba"``, returns the ``celeba`` profile. Raises ``ValueError`` naming the valid profiles when the name is unknown.
     """
     source = "argument"
     if name is None:
@@ -148,7 +169,7 @@ def get_profile(name: str | None = None) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        valid = ", ".join(sorted(PROFILES))
+        valid = ", ".join(sorted(PROFILES)) + " (" + ", ".join(f"{a} = {n}" for a, n in ALIASES.items()) + ")"
         fix = (f"Set e.g. {PROFILE_ENV_VAR}=default." if source != "argument"
                else "Pass one of them, e.g. get_profile('default').")
         raise ValueError(f"Unknown profile {name!r} (from the {source}). Valid profiles: {valid}. {fix}") from None

@@ -1,6 +1,7 @@
 """CelebA preparation (ddpm_helpers.engine.celeba), on a small fake archive laid out like Kaggle's."""
 
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_bad_sources_name_the_problem_and_the_layout(tmp_path):
     with zipfile.ZipFile(broken, "w") as zf:
         zf.writestr("img_align_celeba/img_align_celeba/000001.jpg", b"not a jpeg")
     with pytest.raises(ValueError, match="Cannot read .*000001.jpg.*download it again"):
-        prepare_celeba(broken, tmp_path / "out")
+        prepare_celeba(broken, tmp_path / "out", strict=True)
     with pytest.raises(ValueError, match="Unknown crop"):
         prepare_celeba(broken, tmp_path / "out", crop="left")
 
@@ -118,3 +119,70 @@ def test_command_line(archive, tmp_path, capsys):
     assert f"--data folder:{tmp_path / 'out'}" in capsys.readouterr().out
     assert celeba.main([str(tmp_path / "nothing.zip"), str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_damaged_faces_are_skipped_and_listed_unless_strict(archive, tmp_path, capsys):
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(damaged, "w") as target:
+        for name in source.namelist():
+            payload = source.read(name)
+            target.writestr(name, payload[:40] if name.endswith("000002.jpg") else payload)
+    summary = prepare_celeba(damaged, tmp_path / "out", image_size=8)
+    assert [Path(n).name for n in summary["damaged"]] == ["000002.jpg"]
+    assert summary["written"] == summary["total"] - 1
+    assert not (tmp_path / "out" / "000002.png").exists()
+    assert celeba.main([str(damaged), str(tmp_path / "cli"), "--size", "8"]) == 0
+    assert "1 damaged file(s) skipped: img_align_celeba/img_align_celeba/000002.jpg" in capsys.readouterr().err
+    assert celeba.main([str(damaged), str(tmp_path / "strict"), "--size", "8", "--strict"]) == 2
+    assert "Cannot read" in capsys.readouterr().err
+
+
+def test_negative_limit_is_refused(archive, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--limit must be a number of faces, at least 1, got -5"):
+        prepare_celeba(archive, tmp_path / "out", limit=-5)
+    assert celeba.main([str(archive), str(tmp_path / "o"), "--limit", "-5"]) == 2
+    assert "got -5" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_saying_what_was_written(archive, tmp_path, capsys, monkeypatch):
+    calls = []
+    original = celeba.crop_and_resize
+
+    def interrupt_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(celeba, "crop_and_resize", interrupt_at_third)
+    out = tmp_path / "out"
+    assert celeba.main([str(archive), str(out), "--size", "8"]) == 130
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    assert lines[0].startswith("Interrupted: 2 of ") and "run the same command again" in lines[0]
+    assert len(list(out.glob("*.png"))) == 2
+    monkeypatch.setattr(celeba, "crop_and_resize", original)
+    summary = prepare_celeba(archive, out, image_size=8)  # continues
+    assert summary["skipped"] == 2 and summary["written"] == summary["total"] - 2
+
+
+def test_prepare_celeba_subcommand_of_the_package(archive, tmp_path, capsys):
+    from ddpm_helpers import cli
+
+    assert cli.main(["prepare-celeba", str(archive), str(tmp_path / "celeba32"), "--size", "8",
+                     "--limit", "3"]) == 0
+    assert len(list((tmp_path / "celeba32").glob("*.png"))) == 3
+    assert f"--data folder:{tmp_path / 'celeba32'}" in capsys.readouterr().out
+    assert cli.main(["prepare-celeba", str(archive), str(tmp_path / "x"), "--limit", "-5"]) == 2
+
+
+def test_celeba_profile_reads_where_the_recipe_writes_and_seed_is_its_alias():
+    from ddpm_helpers import cli
+    from ddpm_helpers.profiles import CELEBA_FOLDER, PROFILES, get_profile
+
+    assert get_profile("seed") is PROFILES["celeba"] is PROFILES["seed"]
+    assert get_profile("seed").name == "celeba" and list(PROFILES) == ["smoke", "default", "celeba"]
+    assert PROFILES["celeba"].dataset == f"folder:{CELEBA_FOLDER}" == "folder:data/celeba32"
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "prepare-celeba" in help_text and "data/celeba32" in help_text

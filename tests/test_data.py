@@ -71,7 +71,8 @@ def test_folder_in_subfolder_is_found(tmp_path):
 def test_missing_folder_says_where_to_get_celeba(tmp_path):
     with pytest.raises(ValueError, match="does not exist") as error:
         data.load_data(f"folder:{tmp_path / 'nowhere'}", 8, 3)
-    assert data.CELEBA_URL in str(error.value) and "img_align_celeba" in str(error.value)
+    assert data.CELEBA_URL in str(error.value) and "prepare-celeba" in str(error.value)
+    assert "--profile celeba --data folder:data/celeba32" in str(error.value)
 
 
 def test_file_instead_of_folder(tmp_path):

@@ -15,7 +15,10 @@ squashed the whole 178x218 face to 32x32 instead (``keras.utils.image_dataset_fr
 without cropping); ``crop="squash"`` reproduces that. Preparing once also spares every run
 the decoding of the large JPEGs: 3,072 values per 32x32 face instead of 116,412.
 
-Command line: ``python -m ddpm_helpers.engine.celeba ARCHIVE_OR_FOLDER OUT [--size 32]``.
+Command line: ``python -m ddpm_helpers prepare-celeba ARCHIVE_OR_FOLDER data/celeba32 [--size 32]
+[--limit N] [--strict]`` (also ``python -m ddpm_helpers.engine.celeba``). A damaged file is
+skipped and listed at the end (``--strict`` stops at it instead); Ctrl-C prints one line saying
+how many faces were written and that the same command continues.
 """
 
 from __future__ import annotations
@@ -95,9 +98,19 @@ def list_faces(archive_or_folder) -> list[str]:
     return sorted(names, key=lambda n: Path(n).name)
 
 
+class PreparationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`prepare_celeba`: what was written, and how to continue."""
+
+    def __init__(self, written: int, done: int, total: int, folder: str):
+        self.written, self.done, self.total, self.folder = written, done, total, folder
+        super().__init__(
+            f"Interrupted: {done:,} of {total:,} faces are in {folder} ({written:,} written now); "
+            "run the same command again to continue (faces already written are skipped).")
+
+
 def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
                    crop: str = "center", limit: int | None = None,
-                   progress_every: int = 0) -> dict:
+                   progress_every: int = 0, strict: bool = False) -> dict:
     """Write CelebA's faces as ``image_size`` x ``image_size`` PNGs into ``out_folder``.
 
     ``archive_or_folder`` is Kaggle's ``archive.zip`` (read in place: nothing is unpacked to
@@ -105,8 +118,11 @@ def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
     cropped and resized by :func:`crop_and_resize`. ``limit`` keeps the first faces only (a
     quick try). Faces already written are skipped, so an interrupted run can simply be started
     again; a folder prepared with other settings raises ``ValueError``. ``progress_every``
-    prints a line every that many faces (0: silent). Returns a summary: ``written``,
-    ``skipped``, ``total``, ``seconds``, ``image_size``, ``crop`` and ``folder``.
+    prints a line every that many faces (0: silent). A face that cannot be read is skipped and
+    listed in ``damaged`` (``strict=True`` raises ``ValueError`` at the first instead). Ctrl-C
+    raises :class:`PreparationInterrupted` (a ``KeyboardInterrupt``) saying what was written.
+    Returns a summary: ``written``, ``skipped``, ``damaged`` (names), ``total``, ``seconds``,
+    ``image_size``, ``crop`` and ``folder``.
     """
     from PIL import Image
 
@@ -114,6 +130,9 @@ def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
         raise ValueError(f"Unknown crop {crop!r}: use one of {', '.join(CROPS)}.")
     if int(image_size) < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"--limit must be a number of faces, at least 1, got {limit} (leave it out "
+                         "to prepare all of them).")
     names = list_faces(archive_or_folder)[:limit]
     out = Path(out_folder).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +148,7 @@ def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
 
     path = Path(archive_or_folder).expanduser()
     archive = zipfile.ZipFile(path) if path.is_file() else None
-    began, written, skipped = time.perf_counter(), 0, 0
+    began, written, skipped, damaged = time.perf_counter(), 0, 0, []
     try:
         for index, name in enumerate(names, 1):
             target = out / (Path(name).stem + ".png")
@@ -141,19 +160,24 @@ def prepare_celeba(archive_or_folder, out_folder, image_size: int = 32, *,
                     with Image.open(file) as image:
                         small = crop_and_resize(image, image_size, crop)
             except Exception as error:  # Pillow raises several types for broken files
-                raise ValueError(
-                    f"Cannot read {name!r} ({type(error).__name__}: {error}): the archive is "
-                    "damaged or incomplete; download it again.") from error
+                if strict:
+                    raise ValueError(
+                        f"Cannot read {name!r} ({type(error).__name__}: {error}): the archive is "
+                        "damaged or incomplete; download it again.") from error
+                damaged.append(name)
+                continue
             partial = target.with_suffix(".part")
             small.save(partial, format="PNG")
             partial.replace(target)  # a face is either whole or absent
             written += 1
             if progress_every and index % progress_every == 0:
                 print(f"prepared {index:,} of {len(names):,} faces", flush=True)
+    except KeyboardInterrupt:
+        raise PreparationInterrupted(written, written + skipped, len(names), str(out)) from None
     finally:
         if archive is not None:
             archive.close()
-    return {"written": written, "skipped": skipped, "total": len(names),
+    return {"written": written, "skipped": skipped, "damaged": damaged, "total": len(names),
             "seconds": time.perf_counter() - began, **settings, "folder": str(out)}
 
 
@@ -201,20 +225,39 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ddpm_helpers.engine.celeba",
         description="Crop and resize CelebA's aligned faces into a folder of PNGs for "
                     "--data folder:OUT. " + _layout_help())
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser) -> None:
+    """The options of ``prepare-celeba`` (also ``python -m ddpm_helpers.engine.celeba``)."""
     parser.add_argument("source", help="Kaggle's archive.zip or the folder it unpacks to")
-    parser.add_argument("out", help="folder for the PNGs (created; re-running resumes)")
+    parser.add_argument("out", help="folder for the PNGs, e.g. data/celeba32 (created; re-running resumes)")
     parser.add_argument("--size", type=int, default=32, help="side in pixels (default 32)")
     parser.add_argument("--crop", choices=CROPS, default="center",
                         help="center: central square (default); squash: whole face, "
                              "as the original tutorial")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N faces")
-    args = parser.parse_args(argv)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N faces (N >= 1)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first damaged file (default: skip it and list it at the end)")
+
+
+def run(args) -> int:
+    """Prepare CelebA from parsed arguments; the exit status (130 after Ctrl-C)."""
     try:
         summary = prepare_celeba(args.source, args.out, args.size, crop=args.crop,
-                                 limit=args.limit, progress_every=10_000)
+                                 limit=args.limit, progress_every=10_000, strict=args.strict)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except PreparationInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    damaged = summary["damaged"]
+    if damaged:
+        shown = ", ".join(damaged[:10]) + (", ..." if len(damaged) > 10 else "")
+        print(f"{len(damaged):,} damaged file(s) skipped: {shown} (--strict stops at the first)",
+              file=sys.stderr)
     print(f"{summary['written']:,} faces written, {summary['skipped']:,} already there, "
           f"{summary['seconds']:.0f} s: train with --data folder:{summary['folder']}")
     return 0

@@ -36,13 +36,19 @@ CACHE_LIMIT_BYTES = 2 * 1024**3
 SKIPPED_FOLDERS = ("__MACOSX",)
 
 
+# The one CelebA recipe of the chapters "Training" and "Scaling up" (and of `train --help`).
+CELEBA_RECIPE = (
+    "python -m ddpm_helpers prepare-celeba ARCHIVE_OR_FOLDER data/celeba32 (Kaggle's archive.zip "
+    "or the folder kagglehub.dataset_download('jessicali9530/celeba-dataset') returns), then "
+    "python -m ddpm_helpers train --profile celeba --data folder:data/celeba32 --out runs/celeba"
+)
+
+
 def _folder_help(path: Path) -> str:
     return (
-        f"To train on CelebA as the original tutorial does: download it from {CELEBA_URL}, unzip it, "
-        "and pass the folder that holds the 202,599 aligned faces (000001.jpg, 000002.jpg, ...), e.g. "
-        "--data folder:data/img_align_celeba (the Kaggle archive nests them as "
-        "img_align_celeba/img_align_celeba/*.jpg; sub-folders are searched too). "
-        f"Any folder of {', '.join(IMAGE_EXTENSIONS)} files works."
+        f"To train on CelebA: download it from {CELEBA_URL} (by hand, or with kagglehub), prepare it once "
+        f"with {CELEBA_RECIPE} (chapter 'Scaling up'). "
+        f"Any folder of {', '.join(IMAGE_EXTENSIONS)} files works (sub-folders are searched too)."
     )
 
 

@@ -3,7 +3,9 @@
 Closed forms for one :class:`~ddpm_helpers.method.unet_layers.AttentionBlock` (Eqs. (6.8)
 (``eq-attention-params``) and (6.9) (``eq-attention-macs``)) and one
 :class:`~ddpm_helpers.method.unet_layers.ResidualBlock` (Eqs. (6.5) (``eq-res-params``) and (6.6)
-(``eq-res-macs``)), and :func:`macs_by_layer` for a whole network. :mod:`ddpm_helpers.method.unet`
+(``eq-res-macs``)), :func:`macs_by_layer` for a whole network, and :func:`forward_flops`, the
+one count of a forward pass that the chapters "Scaling up" and "Running it faster" and
+``benchmarks/bench_training.py`` use for their estimates. :mod:`ddpm_helpers.method.unet`
 re-exports them.
 """
 
@@ -75,6 +77,39 @@ def macs_by_layer(model) -> dict[str, int]:
         elif isinstance(layer, layers.Dense):
             counts[layer.name] = math.prod(layer.kernel.shape)
     return counts
+
+
+def forward_flops(model_or_profile) -> int:
+    """Floating-point operations of one forward pass for one image: ``2 x`` the sum of
+    :func:`macs_by_layer` (2 per multiply-accumulate), the total of the U-Net chapter's table.
+
+    Takes a U-Net or a profile (whose U-Net is built, without training, to be counted). This is
+    the count every estimate of the book uses: for the seed network 2 x 2,173.8 M. TensorFlow's
+    graph profiler, which ``benchmarks/bench_training.py`` runs as a cross-check, counts the
+    convolutions, dense layers and attention's four projections but not attention's two einsums
+    (``mixing_macs`` of :func:`attention_cost`), so profiler + 2 x mixing MACs is the
+    comparable sum (within 1%: the profiler also counts additions); adding the whole
+    attention cost to the profiler's total counts the projections twice.
+    """
+    model = model_or_profile
+    if not hasattr(model, "layers"):
+        from ddpm_helpers.method.unet import build_unet_for_profile
+
+        model = build_unet_for_profile(model_or_profile)
+    return 2 * int(sum(macs_by_layer(model).values()))
+
+
+def attention_mixing_macs(model) -> int:
+    """MACs of attention's two einsums (scores and weighted sum) in all attention blocks of
+    ``model``, per image: what TensorFlow's graph profiler leaves out (see :func:`forward_flops`)."""
+    from ddpm_helpers.method.unet import AttentionBlock
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, AttentionBlock):
+            _, h, w, c = layer.output.shape
+            total += attention_cost(h * w, c, layer.num_heads, layer.key_dim)["mixing_macs"]
+    return int(total)
 
 
 def _input_shape(layer) -> tuple:
