@@ -107,6 +107,8 @@ def test_source_lines_drop_the_docstring_and_slice():
     assert "docstring" not in full and full.startswith("def _example(x):")
     core = pages.source_lines(_example, start="y = x + 1", stop="return")
     assert core.splitlines() == ["y = x + 1  # the algorithm starts here", "return 2 * y"]
+    assert pages.source_lines(_example, start="if x < 0", until="y = x + 1").splitlines() == [
+        "if x < 0:", '    raise ValueError("x must be >= 0")']
     with pytest.raises(ValueError, match="no line of _example contains 'nowhere'"):
         pages.source_lines(_example, start="nowhere")
 
@@ -200,7 +202,7 @@ def _shown_sources():
             kwargs = {k.arg: k.value.value for k in call.keywords
                       if isinstance(k.value, ast.Constant)}
             found.append((md.name, ".".join(dotted), kwargs.get("start"),
-                          kwargs.get("stop"), obj))
+                          kwargs.get("stop"), kwargs.get("until"), obj))
     return found
 
 
@@ -209,11 +211,21 @@ def test_code_shown_from_the_package_fits_the_page():
     shown = _shown_sources()
     assert len(shown) >= 10, "show_source calls were not found in the chapters"
     wide = []
-    for page, target, start, stop, obj in shown:
-        for line in pages.source_lines(obj, start=start, stop=stop).splitlines():
+    for page, target, start, stop, until, obj in shown:
+        for line in pages.source_lines(obj, start=start, stop=stop, until=until).splitlines():
             if len(line) > booktools.LINE_LENGTH:
                 wide.append(f"{page}: {target}: {line.strip()[:50]}")
     assert not wide, "Wrap these package lines at 79 columns:\n" + "\n".join(wide)
+
+
+# What a page shows of the package at once reads like a paper's algorithm: about 25 lines.
+SHOWN_LINES = 30
+
+
+def test_code_shown_from_the_package_is_short():
+    long = [f"{page}: {target} ({n} lines)" for page, target, start, stop, until, obj in _shown_sources()
+            if (n := len(pages.source_lines(obj, start=start, stop=stop, until=until).splitlines())) > SHOWN_LINES]
+    assert not long, f"Show at most {SHOWN_LINES} lines at once (split with start/until):\n" + "\n".join(long)
 
 
 def test_a_check_in_an_unfolded_cell_fails_the_check(tmp_path):

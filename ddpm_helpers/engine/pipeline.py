@@ -57,29 +57,16 @@ def make_pipeline(
     import tensorflow as tf
 
     augment = source.flip if augment is None else augment
-    steps_per_epoch = source.steps_per_epoch(batch_size)
-    epoch_seed = int(seed) * 1_000_003 + int(
-        epoch
-    )  # a distinct order for every (seed, epoch)
-    order = dict(
-        buffer_size=shuffle_buffer or source.count,
-        seed=epoch_seed % (2**31 - 1),
-        reshuffle_each_iteration=False,
-    )
-    if source.in_memory:
-        examples = source.cached().shuffle(**order)
-    else:  # the same order: shuffle the file names, then decode
-        examples = source.elements.shuffle(**order).map(
-            source.load, num_parallel_calls=tf.data.AUTOTUNE
-        )
-    if source.to_model_range is not None:
+    epoch_seed = int(seed) * 1_000_003 + int(epoch)  # per (seed, epoch)
+    # 1-3: decoded (once, if it fits in memory), then shuffled by the epoch
+    examples = _shuffled(source, shuffle_buffer or source.count, epoch_seed)
+    if source.to_model_range is not None:  # 4: uint8 -> [-1, 1]
         examples = examples.map(
             source.to_model_range, num_parallel_calls=tf.data.AUTOTUNE
         )
-    batches = examples.batch(batch_size, drop_remainder=True).take(
-        steps_per_epoch
-    )
-    if augment:
+    batches = examples.batch(batch_size, drop_remainder=True)  # 5
+    batches = batches.take(source.steps_per_epoch(batch_size))
+    if augment:  # 6: flips keyed by (seed, epoch, batch)
 
         def flip(index, batch):
             images, labels = batch
@@ -89,7 +76,18 @@ def make_pipeline(
         batches = batches.enumerate().map(
             flip, num_parallel_calls=tf.data.AUTOTUNE
         )
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)  # 7
+
+
+def _shuffled(source: DataSource, buffer_size: int, epoch_seed: int):
+    """Steps 1-3 of :func:`make_pipeline`: the stored pairs in the order of ``epoch_seed``."""
+    import tensorflow as tf
+
+    order = dict(buffer_size=buffer_size, seed=epoch_seed % (2**31 - 1), reshuffle_each_iteration=False)
+    if source.in_memory:
+        return source.cached().shuffle(**order)
+    # too large for memory: the same order, shuffling the file names, then decoding
+    return source.elements.shuffle(**order).map(source.load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0, **pipeline_kwargs):

@@ -30,9 +30,10 @@ def is_book_build() -> bool:
     return os.environ.get(BOOK_BUILD_ENV_VAR, "").strip() not in ("", "0")
 
 
-def source_lines(obj, *, start: str | None = None, stop: str | None = None) -> str:
+def source_lines(obj, *, start: str | None = None, stop: str | None = None, until: str | None = None) -> str:
     """The source of ``obj`` without its docstring; from the first line containing ``start``
-    (default: the top) to the line containing ``stop`` (included; default: the end)."""
+    (default: the top) to the line containing ``stop`` (included), or up to the line containing
+    ``until`` (left out; default: the end)."""
     source = textwrap.dedent(inspect.getsource(obj))
     tree = ast.parse(source)
     node = tree.body[0]
@@ -52,15 +53,20 @@ def source_lines(obj, *, start: str | None = None, stop: str | None = None) -> s
         if not found:
             raise ValueError(f"show_source: no line of {obj.__qualname__} contains {stop!r}.")
         lines = lines[:found[0] + 1]
+    if until is not None:
+        found = [i for i, line in enumerate(lines) if until in line]
+        if not found:
+            raise ValueError(f"show_source: no line of {obj.__qualname__} contains {until!r}.")
+        lines = lines[:found[0]]
     return textwrap.dedent("\n".join(lines)).strip("\n")
 
 
-def show_source(obj, *, start: str | None = None, stop: str | None = None):
+def show_source(obj, *, start: str | None = None, stop: str | None = None, until: str | None = None):
     """Display the source of a package function or class as highlighted Python (see
-    :func:`source_lines` for ``start``/``stop``). Returns the ``IPython.display.Code`` object."""
+    :func:`source_lines` for ``start``, ``stop`` and ``until``). Returns the ``IPython.display.Code`` object."""
     from IPython.display import Code
 
-    return Code(source_lines(obj, start=start, stop=stop), language="python")
+    return Code(source_lines(obj, start=start, stop=stop, until=until), language="python")
 
 
 def html_table(header, rows):

@@ -85,6 +85,14 @@ class ToyRun:
         return f"ToyRun({self.steps} steps in {self.seconds:.1f} s, final running loss {self.history['running_loss'][-1]:.4f})"
 
 
+def _stop_if_not_finite(train_step, loss: float, step: int, steps: int):
+    if not math.isfinite(loss) or int(train_step.bad_step):
+        what = "the loss" if int(train_step.bad_what) == 1 else "a gradient"
+        raise FloatingPointError(
+            f"Training stopped: {what} became NaN or infinite at step {step} of {steps}, and no update "
+            "was applied from it on. Lower the learning rate or change the seed.")
+
+
 def train_toy(
     data,
     schedule,
@@ -203,18 +211,9 @@ def train_toy(
                 tf.constant(step, tf.int64),
             )
         )
-        if not math.isfinite(value) or int(train_step.bad_step):
-            what = "the loss" if int(train_step.bad_what) == 1 else "a gradient"
-            raise FloatingPointError(
-                f"Training stopped: {what} became NaN or infinite at step "
-                f"{step + 1} of {steps}, and no update was applied from it "
-                "on. Lower the learning rate or change the seed."
-            )
-        running = (
-            value
-            if running is None
-            else RUNNING_LOSS_DECAY * running
-            + (1 - RUNNING_LOSS_DECAY) * value
+        _stop_if_not_finite(train_step, value, step + 1, steps)
+        running = value if running is None else (
+            RUNNING_LOSS_DECAY * running + (1 - RUNNING_LOSS_DECAY) * value
         )
         history["step"].append(step + 1)
         history["loss"].append(value)
