@@ -190,3 +190,27 @@ def test_cli_trains_on_two_replicas(tmp_path, extra):
     policy = "mixed_bfloat16" if extra else "float32"
     assert f"on 2 replica(s), precision policy {policy}" in done.stdout
     assert "Training on 2 replicas (MirroredStrategy), 16 images each" in done.stdout
+
+
+def test_tpu_strategy_without_a_tpu_is_one_clear_error():
+    import importlib.util
+
+    from ddpm_helpers.engine.distribute import make_strategy
+
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("this machine may have a TPU")
+    with pytest.raises(ValueError, match="--strategy tpu found no TPU on this machine: in Colab choose"):
+        make_strategy("tpu")
+
+
+def test_setup_strategy_says_once_that_xla_is_off(capsys):
+    from ddpm_helpers.engine.distribute import setup_strategy
+
+    class Two:
+        num_replicas_in_sync = 2
+
+    config = {"xla": True}
+    setup_strategy(Two(), None, 4, config)
+    out = capsys.readouterr().out
+    assert out.count("XLA is not used under a distribution strategy (--xla ignored)") == 1
+    assert config["xla"] is False and config["replicas"] == 2

@@ -43,7 +43,14 @@ def make_strategy(name: str = "none", replicas: int | None = None):
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            raise ValueError(
+                "--strategy tpu found no TPU on this machine: in Colab choose Runtime > Change runtime "
+                "type > TPU (the chapter's first cell installs tensorflow-tpu), or use --strategy mirrored "
+                f"(GPUs) or none ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+            ) from error
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
@@ -71,8 +78,8 @@ def setup_strategy(strategy, replicas, batch_size: int, config: dict):
                          f"--batch-size (train(profile.replace(batch_size=...))) with a multiple of {count}.")
     config["replicas"] = count
     if strategy is not None:
-        if config["xla"]:
-            print("XLA is not used under a distribution strategy.")
+        asked = " (--xla ignored)" if config["xla"] else ""
+        print(f"XLA is not used under a distribution strategy{asked}; a TPU compiles with XLA in any case.")
         config["xla"] = False
         print(f"Training on {count} replicas ({type(strategy).__name__}), {batch_size // count} images each.")
     return strategy
