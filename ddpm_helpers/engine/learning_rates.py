@@ -141,3 +141,45 @@ class ExponentialMovingAverage:
             self.model.non_trainable_weights,
         ):
             average.assign(weight)
+
+
+def scale_for_batch(factor: float, *, base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS,
+                    ema_decay: float = 0.999, rule: str = "sqrt") -> dict:
+    """The learning rate, decay horizon and EMA horizon for a batch ``factor`` times larger, in
+    images seen (chapter "Scaling up", Eq. (``eq-linear-scaling``)).
+
+    ``factor`` times as many images per step means ``factor`` times fewer steps for the same
+    images: the seed schedule's ``decay_steps`` (Eq. (7.2) (``eq-seed-lr``)) is divided by
+    ``factor``, and the EMA (Eq. (7.3) (``eq-ema``)), which averages over about
+    ``1 / (1 - decay)`` steps, gets ``decay ** factor`` so that it averages over the same number
+    of images. The rate is multiplied by ``sqrt(factor)`` (``rule="sqrt"``, for Adam) or
+    ``factor`` (``"linear"``, for SGD). Returns ``learning_rate``, ``decay_steps`` and
+    ``ema_decay``.
+    """
+    if not factor > 0:
+        raise ValueError(f"factor must be positive, got {factor}.")
+    if rule not in ("sqrt", "linear"):
+        raise ValueError(f"Unknown rule {rule!r}: use 'sqrt' (Adam) or 'linear' (SGD).")
+    return {"learning_rate": base_lr * (factor**0.5 if rule == "sqrt" else factor),
+            "decay_steps": max(1, round(decay_steps / factor)),
+            "ema_decay": float(ema_decay) ** factor}
+
+
+class WarmUp(_keras().optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up in front of any schedule: ``lr(step) = after(step) * (step + 1) /
+    warmup_steps`` for ``step < warmup_steps``, then ``after(step)``."""
+
+    def __init__(self, after, warmup_steps: int):
+        if int(warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}.")
+        self.after, self.warmup_steps = after, int(warmup_steps)
+
+    def __call__(self, step):
+        import keras
+
+        step = keras.ops.cast(step, "float32")
+        ramp = keras.ops.minimum(1.0, (step + 1.0) / max(1, self.warmup_steps))
+        return keras.ops.cast(self.after(step), "float32") * ramp
+
+    def get_config(self):
+        return {"after": self.after, "warmup_steps": self.warmup_steps}
