@@ -114,7 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score samples with the book's offline metric (ddpm_helpers.measuring.metrics)",
         description="Print the Frechet distance of samples to real data, the real floor and the ratio.",
     )
-    evaluate.add_argument("--samples", required=True, help=".npz written by 'sample'")
+    evaluate.add_argument("--samples", required=True,
+                          help=".npz written by 'sample', or a folder of images (folder:PATH); digits are scored "
+                               "with the book's metric, images of a folder-trained run with FID, KID and a "
+                               "nearest-neighbour check on Inception-v3 (ddpm_helpers.measuring.image_sets)")
+    evaluate.add_argument("--reference", default=None,
+                          help="real images for FID/KID: folder:PATH or a .npz (default: the folder the run "
+                               "trained on, from the sample file)")
+    evaluate.add_argument("--inception-weights", default=None, metavar="PATH",
+                          help="Inception-v3 weights file (default: Keras' cache ~/.keras/models/, downloaded "
+                               "where there is a network)")
+    evaluate.add_argument("--max-reference", type=int, default=10_000,
+                          help="reference images read, a random subset of larger folders (default: 10000)")
+    evaluate.add_argument("--nearest-png", default=None, metavar="PAIRS.png",
+                          help="write the samples closest to a reference image, and those images, as a PNG")
     evaluate.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -214,10 +214,15 @@ def data_of_sample_file(path, images, meta) -> str:
 def evaluate_from_cli(args) -> int:
     """``python -m ddpm_helpers evaluate --samples samples.npz``: print the metric, the floor and the ratio."""
     from ddpm_helpers.engine.sample_files import load_samples
+    from ddpm_helpers.measuring.image_sets import evaluate_images_from_cli, is_folder_spec
 
+    if getattr(args, "reference", None) or is_folder_spec(args.samples):
+        return evaluate_images_from_cli(args)  # FID, KID, nearest neighbours on Inception-v3
     path = Path(args.samples)
     try:
         images, _, meta = load_samples(path)
+        if str((meta or {}).get("dataset", "")).startswith("folder:"):
+            return evaluate_images_from_cli(args)  # a run trained on a folder (faces): no labels to classify
         data = data_of_sample_file(path, images, meta)
         result = evaluate_samples(images, data=data, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
