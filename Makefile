@@ -17,12 +17,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DDPM_RUNS_DIR := $(CURDIR)/runs
 export PYTHONHASHSEED := 0
 
-.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-check colab-runtime-known site-check bench bench-book clean help
+.PHONY: book test pytest nbval strict-build notebooks notebooks-check colab-notebooks colab-notebooks-keep colab-notebooks-check colab-check colab-runtime-known site-check bench bench-book clean help
 
 help:
 	@echo "make book   - execute every chapter (profile: $(DDPM_PROFILE)) and build _build/html"
 	@echo "make test   - pytest, notebook pairing check, nbval and a strict build (smoke profile)"
 	@echo "make notebooks     - regenerate book/*.ipynb and Colab cells from the .md pages"
+	@echo "make colab-notebooks - write book/colab/*.ipynb (what Colab opens) from the built book"
 	@echo "make colab-check   - run every notebook in a fresh venv with Colab's versions"
 	@echo "                     (today's runtime; a past one: COLAB_RUNTIME=2026.07)"
 	@echo "make site-check    - open every built page in headless Chromium (after make book)"
@@ -51,7 +52,7 @@ book: $(INSTALLED)
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=$(DDPM_PROFILE) $(JB) build . --keep-going
 	@echo "Open $(CURDIR)/_build/html/index.html (profile: $(DDPM_PROFILE))"
 
-test: $(INSTALLED) notebooks-check pytest nbval strict-build
+test: $(INSTALLED) notebooks-check pytest nbval strict-build colab-notebooks-check
 	@echo "make test: all checks passed"
 
 notebooks: $(INSTALLED)
@@ -59,6 +60,30 @@ notebooks: $(INSTALLED)
 
 notebooks-check: $(INSTALLED)
 	$(TOOLS) -m booktools check
+
+# The Colab edition (book/colab/*.ipynb, what the launch buttons open): written by a Sphinx
+# builder from the resolved pages of the default build (.ci/booktools/colab.py), so equation,
+# figure and exercise numbers, references, citations and glued numbers read as on the published
+# page. Renders from the cache `make book` leaves (executing only pages missing from it).
+colab-notebooks: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=default $(TOOLS) -m booktools.bookbuild \
+	  --jobs $(JOBS) --cache _build/.jupyter_cache
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=default $(JB) build . --keep-going --builder custom --custom-builder colab
+	$(TOOLS) -m booktools.colab write _build/colab book/colab
+
+# When only prose or code changed (no glued number is new): rewrite them from make test's smoke
+# build, keeping the published values they have.
+colab-notebooks-keep: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . --keep-going --path-output _build/strict \
+	  --builder custom --custom-builder colab
+	$(TOOLS) -m booktools.colab write --keep-values _build/strict/_build/colab book/colab
+
+# After strict-build: the same builder over the smoke build; the committed notebooks must agree
+# with it in everything but the glued values (booktools.colab.drift).
+colab-notebooks-check: $(INSTALLED)
+	DDPM_BOOK_BUILD=1 DDPM_PROFILE=smoke $(JB) build . -W -n --keep-going --path-output _build/strict \
+	  --builder custom --custom-builder colab
+	$(TOOLS) -m booktools.colab check _build/strict/_build/colab book/colab
 
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
 pytest: $(INSTALLED)
@@ -77,8 +102,10 @@ strict-build: $(INSTALLED)
 	$(TOOLS) -m booktools.sitescan _build/strict/_build/html
 	$(TOOLS) -m booktools.equations _build/strict/_build/html
 
-# Colab check: every book/*.ipynb run top to bottom (smoke profile) from a folder outside the
-# repository, as in Colab's /content, in a venv of its own with one Colab runtime's versions:
+# Colab check: every book/colab/*.ipynb (the notebooks the launch buttons open) run top to
+# bottom from a folder outside the repository, as in Colab's /content, with their first cell
+# installing the package from this checkout instead of GitHub and their settings cell set to the
+# smoke profile (booktools.colab localize), in a venv of its own with one Colab runtime's versions:
 # .ci/colab-requirements-$(COLAB_RUNTIME).txt, whose `# python: X.Y` line names the runtime's
 # Python. Default: the runtime Colab gives today; `make colab-check COLAB_RUNTIME=2026.07` checks
 # a past one (Colab still lets a notebook pin it). Each runtime has its own venv, rebuilt when its
@@ -107,13 +134,15 @@ $(COLAB_VENV)/.installed: $(COLAB_REQUIREMENTS) | colab-runtime-known
 	$(COLAB_VENV)/bin/python -m pip install -q -r $(COLAB_REQUIREMENTS)
 	touch $@
 
-colab-check: colab-runtime-known $(COLAB_VENV)/.installed
+colab-check: colab-runtime-known $(INSTALLED) $(COLAB_VENV)/.installed
 	rm -rf $(COLAB_DIR) && mkdir -p $(COLAB_DIR)/notebooks
 	$(COLAB_VENV)/bin/python -c 'import shutil; shutil.copytree(".", "$(COLAB_DIR)/src", ignore=lambda d, names: [n for n in names if d == "." and n not in ("pyproject.toml", "README.md", "ddpm_helpers") and not n.startswith("LICENSE") or n == "__pycache__"])'
 	$(COLAB_VENV)/bin/python -m pip uninstall -q -y ddpm_helpers 2>/dev/null || true
 	$(COLAB_VENV)/bin/python -m pip install -q "ddpm_helpers @ file://$(CURDIR)/$(COLAB_DIR)/src"
 	$(COLAB_VENV)/bin/python .ci/colab_pins.py $(COLAB_REQUIREMENTS)
-	cp book/*.ipynb $(COLAB_DIR)/notebooks/
+	cp book/colab/*.ipynb $(COLAB_DIR)/notebooks/
+	$(TOOLS) -m booktools.colab localize $(COLAB_DIR)/notebooks \
+	  --package "file://$(CURDIR)/$(COLAB_DIR)/src" --profile smoke
 	cd $(COLAB_DIR)/notebooks && DDPM_PROFILE=smoke DDPM_RUNS_DIR= \
 	  $(CURDIR)/$(COLAB_VENV)/bin/python -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider \
 	  --rootdir . -c /dev/null *.ipynb

@@ -6,7 +6,8 @@ This module: maintenance of the book's pages, Colab install cells and the MyST <
 Run with ``PYTHONPATH=.ci`` (the Makefile sets it).
 
 Each chapter ``book/NN_name.md`` (MyST, read by Sphinx) has a paired ``book/NN_name.ipynb``
-(no outputs) that the launch button opens in Google Colab. The first code cell of every
+(no outputs) for editing in Jupyter; the launch button opens the Colab edition instead,
+``book/colab/NN_name.ipynb``, written by :mod:`booktools.colab`. The first code cell of every
 chapter installs this package when, and only when, it runs in Colab; its URL is generated
 from ``repository.url`` in ``_config.yml``, the one place that holds it.
 
