@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", default=None, choices=["seed", "constant", "cosine", "warmup_cosine"],
                        help="learning rate over training, from --learning-rate (default: seed, "
                             "lr = base * 100000 / (step + 100000))")
+    train.add_argument("--warmup-steps", type=int, default=None,
+                       help="a linear warm-up of the learning rate over the first N steps, in front of "
+                            "--lr-schedule (default: none; with --resume: the run's own)")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="steps between checkpoints, at least 1 (default: the profile's)")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept, at least 1 (default: 2)")
@@ -173,7 +176,7 @@ def train_from_cli(args) -> int:
                              "again (the old run is moved aside, not deleted), or choose another --out.")
         run = train(profile, run_dir, steps=args.steps, resume=args.resume, data=args.data, seed=args.seed,
                     num_classes=args.num_classes, label_dropout=args.label_dropout,
-                    lr_schedule=args.lr_schedule, learning_rate=args.learning_rate,
+                    lr_schedule=args.lr_schedule, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                     jit_compile=args.xla, strategy=strategy, replicas=args.replicas,
                     mixed_precision=args.mixed_precision, tensorboard=args.tensorboard,

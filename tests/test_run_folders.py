@@ -214,3 +214,16 @@ def test_sigterm_saves_the_step_it_arrives_in(tmp_path):
     assert "Stopped by SIGTERM at step 4 of 50" in str(stopped.value)
     assert [s for s, _ in training.list_checkpoints(tmp_path / "r")] == [4]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
+
+
+def test_a_warm_up_ramps_the_rate_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--profile", "smoke", "--out", "w", "--steps", "4", "--checkpoint-every", "2",
+                 "--warmup-steps", "4", "--lr-schedule", "constant", "--no-xla"]) == 0
+    assert main(["train", "--out", "w", "--steps", "6", "--resume"]) == 0
+    run = training.load_run("w")
+    base = get_profile("smoke").learning_rate
+    # step s (from 1) used the rate of Adam's iteration s - 1: base * s / 4 during the warm-up
+    np.testing.assert_allclose(run.history["lr"], [base / 4, base / 2, 3 * base / 4, base, base, base], rtol=1e-6)
+    assert json.loads(Path("w/config.json").read_text())["warmup_steps"] == 4
+    assert main(["train", "--profile", "smoke", "--out", "x", "--warmup-steps", "-1"]) == 1

@@ -295,7 +295,7 @@ def build_models(profile, num_classes: int | None = None):
 
 
 
-def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, strategy=None,
+def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, warmup_steps: int = 0, strategy=None,
                          precision: str = "float32"):
     """``(model, ema_model, optimizer, ema, rate)`` for training ``profile``'s U-Net, created in
     ``strategy``'s scope under the Keras dtype ``precision`` policy: Adam with the learning rate
@@ -308,11 +308,13 @@ def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, 
     import keras
 
     from ddpm_helpers.engine.precision import dtype_policy
-    from ddpm_helpers.engine.learning_rates import ExponentialMovingAverage, make_learning_rate
+    from ddpm_helpers.engine.learning_rates import ExponentialMovingAverage, WarmUp, make_learning_rate
 
     with strategy.scope() if strategy is not None else contextlib.nullcontext(), dtype_policy(precision):
         model, ema_model = build_models(profile, num_classes)
         rate = make_learning_rate(lr_schedule, profile.learning_rate, steps)
+        if warmup_steps:
+            rate = WarmUp(rate, warmup_steps)  # a linear ramp over the first warmup_steps steps
         optimizer = keras.optimizers.Adam(rate)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
