@@ -146,7 +146,7 @@ class ExponentialMovingAverage:
 def scale_for_batch(factor: float, *, base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS,
                     ema_decay: float = 0.999, rule: str = "sqrt") -> dict:
     """The learning rate, decay horizon and EMA horizon for a batch ``factor`` times larger, in
-    images seen (chapter "Scaling up", Eq. (``eq-linear-scaling``)).
+    images seen (chapter "Scaling up", Eq. (11.1) (``eq-linear-scaling``)).
 
     ``factor`` times as many images per step means ``factor`` times fewer steps for the same
     images: the seed schedule's ``decay_steps`` (Eq. (7.2) (``eq-seed-lr``)) is divided by
