@@ -64,10 +64,9 @@ notebooks-check: $(INSTALLED)
 # The Colab edition (book/colab/*.ipynb, what the launch buttons open): written by a Sphinx
 # builder from the resolved pages of the default build (.ci/booktools/colab.py), so equation,
 # figure and exercise numbers, references, citations and glued numbers read as on the published
-# page. Renders from the cache `make book` leaves (executing only pages missing from it).
+# page. Run it after `make book`: it renders from the cache that leaves (10 to 20 s), and
+# executes only pages missing from it (run `make book` first when pages changed).
 colab-notebooks: $(INSTALLED)
-	DDPM_BOOK_BUILD=1 DDPM_PROFILE=default $(TOOLS) -m booktools.bookbuild \
-	  --jobs $(JOBS) --cache _build/.jupyter_cache
 	DDPM_BOOK_BUILD=1 DDPM_PROFILE=default $(JB) build . --keep-going --builder custom --custom-builder colab
 	$(TOOLS) -m booktools.colab write _build/colab book/colab
 

@@ -162,14 +162,19 @@ def test_write_can_keep_the_published_values(tmp_path):
     published = copy.deepcopy(smoke)
     published["cells"][3]["source"] = "The loss falls to 0.12."
     published["cells"][3]["metadata"][colab.METADATA_KEY]["glue"] = [["loss", "0.12"]]
+    out.mkdir()
     (out / "page.ipynb").write_text(colab.dumps(published))
     colab.write(built, out, keep=True)
     assert read(out / "page.ipynb")["cells"][3]["source"] == "Now the loss falls to 0.12."
     smoke["cells"][3]["metadata"][colab.METADATA_KEY]["glue"] = [["new_key", "1"]]
     smoke["cells"][3]["source"] = f"{colab.OPEN}new_key{colab.CLOSE}"
     (built / "page.ipynb").write_text(colab.dumps(smoke))
+    (built / "another.ipynb").write_text(colab.dumps(small_notebook()))
+    (out / "another.ipynb").write_text(colab.dumps(small_notebook()))
+    before = {path.name: path.read_text() for path in out.iterdir()}
     with pytest.raises(ValueError, match="no published value yet"):
         colab.write(built, out, keep=True)
+    assert {path.name: path.read_text() for path in out.iterdir()} == before  # nothing written
 
 
 def test_localize_installs_from_a_copy_and_runs_smoke(tmp_path):

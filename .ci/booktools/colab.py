@@ -828,22 +828,21 @@ def write(built: Path, out: Path, keep: bool = False) -> list[Path]:
     (removing notebooks there that no chapter makes any more). ``keep``: fill them with the
     values the notebooks in ``out`` already have instead (after a build of another profile,
     e.g. make test's smoke build, when only text or code changed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    names = set()
+    ready = {}  # every notebook is filled before any is written: a failure writes nothing
     for path in sorted(built.glob("*.ipynb")):
         notebook = json.loads(path.read_text())
         if keep:
             if not (out / path.name).exists():
                 raise ValueError(f"{out / path.name}: no published values to keep")
             notebook = keep_values(notebook, json.loads((out / path.name).read_text()))
-        (out / path.name).write_text(dumps(fill(notebook)))
-        written.append(out / path.name)
-        names.add(path.name)
+        ready[path.name] = dumps(fill(notebook))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in ready.items():
+        (out / name).write_text(text)
     for stale in out.glob("*.ipynb"):
-        if stale.name not in names:
+        if stale.name not in ready:
             stale.unlink()
-    return written
+    return [out / name for name in ready]
 
 
 def drift(built: Path, committed: Path) -> list[str]:
