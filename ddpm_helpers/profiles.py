@@ -5,7 +5,7 @@ variable (``smoke``, ``default`` or ``celeba``). ``make test`` uses ``smoke`` so
 suite stays fast, ``make book`` uses ``default`` (real results on a 2-core CPU), and
 ``celeba`` is the full configuration of the chapter this book grew from (CelebA at
 32x32x3, T = 1000), meant for a GPU. Its old name ``seed`` still works as an alias
-(:data:`ALIASES`): ``get_profile("seed")`` and ``PROFILES["seed"]`` return the ``celeba``
+(``ALIASES``): ``get_profile("seed")`` and ``PROFILES["seed"]`` return the ``celeba``
 profile, whose ``name`` (and so its run folder, ``runs/celeba``) is ``celeba``. See the
 README's "Profiles" table.
 """
@@ -68,7 +68,7 @@ CELEBA_FOLDER = "data/celeba32"
 
 
 class _Profiles(dict):
-    """The profiles by name; an old name (:data:`ALIASES`) looks up its new one, but is not
+    """The profiles by name; an old name (``ALIASES``) looks up its new one, but is not
     listed (iterating gives each profile once)."""
 
     def __missing__(self, name):

@@ -44,7 +44,7 @@ class InceptionWeightsMissing(RuntimeError):
 
 
 def keras_weights_path() -> Path:
-    """Where Keras looks for the weights: ``$KERAS_HOME/models/`` (default ``~/.keras/models/``) + :data:`WEIGHTS_FILE`."""
+    """Where Keras looks for the weights: ``$KERAS_HOME/models/`` (default ``~/.keras/models/``) + ``WEIGHTS_FILE``."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "models" / WEIGHTS_FILE
 
@@ -81,7 +81,7 @@ def _resolve_weights(weights):
 class InceptionFeatures:
     """The 2048 average-pooled features of Inception-v3 for uint8 (or [-1, 1]) images (N, H, W, C).
 
-    ``weights``: ``"imagenet"`` (default; see :func:`_resolve_weights`), a path to the ``.h5``
+    ``weights``: ``"imagenet"`` (default: from Keras' cache, else downloaded), a path to the ``.h5``
     file, or ``None`` for random weights (tests). ``image_size``: the side the images are resized
     to (299 for FID; the tests use 75, Inception's smallest).
     """
