@@ -157,7 +157,7 @@ def train_from_cli(args) -> int:
     """``python -m ddpm_helpers train``: see ``--help``. Returns the exit status (130 after Ctrl-C)."""
     from ddpm_helpers.engine.interrupts import TrainingInterrupted
     from ddpm_helpers.profiles import get_profile
-    from ddpm_helpers.engine.runs import RunBusyError, is_run_folder, run_folder
+    from ddpm_helpers.engine.runs import RunBusyError, is_run_folder, profile_from_dict, run_folder, stored_config
     from ddpm_helpers.engine.training import NonFiniteLossError, train
 
     try:
@@ -170,7 +170,10 @@ def train_from_cli(args) -> int:
         if args.batch_size is not None:
             if args.batch_size < 1:
                 raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
-            profile = (profile or get_profile()).replace(batch_size=args.batch_size)
+            if profile is None:  # --resume without --profile: the run's own, with this batch
+                stored = stored_config(run_dir)
+                profile = profile_from_dict(stored["profile"]) if stored else get_profile()
+            profile = profile.replace(batch_size=args.batch_size)
         if not args.resume and not args.overwrite and is_run_folder(run_dir):
             raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
                              "again (the old run is moved aside, not deleted), or choose another --out.")

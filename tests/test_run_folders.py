@@ -129,9 +129,9 @@ def test_out_pointing_at_a_file_and_samples_pointing_at_a_folder_say_so(tmp_path
     assert main(["train", "--profile", "smoke", "--out", "notes.txt", "--steps", "2"]) == 1
     assert "is a file, not a run folder" in capsys.readouterr().err
     Path("samples").mkdir()
-    assert main(["evaluate", "--samples", "samples"]) == 1
+    assert main(["evaluate", "--samples", "samples"]) == 1  # a folder of samples needs a reference
     error = capsys.readouterr().err
-    assert "is a folder" in error and "does not exist" not in error
+    assert "--reference folder:PATH" in error and "does not exist" not in error
 
 
 def test_help_is_plain_text_and_sample_has_a_batch_size():
@@ -223,7 +223,9 @@ def test_a_warm_up_ramps_the_rate_and_a_resumed_run_keeps_it(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--profile", "smoke", "--out", "w", "--steps", "4", "--checkpoint-every", "2",
                  "--warmup-steps", "4", "--lr-schedule", "constant", "--no-xla"]) == 0
-    assert main(["train", "--out", "w", "--steps", "6", "--resume"]) == 0
+    # --batch-size on a resume applies to the run's own profile (smoke), not $DDPM_PROFILE's
+    same_batch = str(get_profile("smoke").batch_size)
+    assert main(["train", "--out", "w", "--steps", "6", "--resume", "--batch-size", same_batch]) == 0
     run = training.load_run("w")
     base = get_profile("smoke").learning_rate
     # step s (from 1) used the rate of Adam's iteration s - 1: base * s / 4 during the warm-up
