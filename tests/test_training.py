@@ -258,6 +258,44 @@ def test_conditional_runs_are_stored_apart(tmp_path, tiny_digits):
     assert training.run_name(PROFILE, steps=2, data=tiny_digits) != run.run_dir.name
 
 
+def test_a_conditional_run_started_from_an_unconditional_one(tmp_path, tiny_digits, straight_run, capsys):
+    """init_from: the new model starts as the source's EMA model for every label (null included);
+    retraining the source makes the run built on it stale; a resumed run keeps its source."""
+    import tensorflow as tf
+
+    source = tmp_path / "source"
+    shutil.copytree(straight_run.run_dir, source)
+    cond, _ = training.build_models(PROFILE, 10)
+    assert training.start_from(cond, source) == ["label_embedding"]
+    x = tf.random.stateless_normal((11, 8, 8, 1), seed=(1, 2))
+    t = tf.constant([0, 3, 7, 9, 11, 13, 15, 17, 18, 19, 5], tf.int32)
+    expected = straight_run.ema_model([x, t]).numpy()
+    for label in (0, 7, 10):  # 10 is the null label
+        assert np.max(np.abs(cond([x, t, tf.fill([11], label)]).numpy() - expected)) == 0.0
+
+    kwargs = dict(steps=4, data=tiny_digits, progress=False, num_classes=10, label_dropout=0.2, jit_compile=False,
+                  init_from=source)
+    run = training.load_or_train(PROFILE, tmp_path, **kwargs)
+    assert run.run_dir.name.endswith("-from-source") and run.config["init_from"]["run"] == "source"
+    assert run.config["init_from"]["step"] == 36 and not run.loaded
+    # 4 steps moved it away from the source, but only a little
+    changes = [np.max(np.abs(a - b)) for a, b in zip(run.model.get_weights()[:-1], cond.get_weights()[:-1])]
+    assert 0.0 < max(changes) < 0.05
+    assert training.load_or_train(PROFILE, tmp_path, **kwargs).loaded
+    capsys.readouterr()
+    config = json.loads((source / "config.json").read_text())
+    config["seed"] += 1  # as if the source had been trained again, differently
+    (source / "config.json").write_text(json.dumps(config))
+    again = training.load_or_train(PROFILE, tmp_path, **kwargs)
+    assert not again.loaded and "different configuration (init_from)" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="Cannot start from .*holds no run"):
+        training.train(PROFILE, tmp_path / "x", steps=2, data=tiny_digits, init_from=tmp_path / "nothing")
+    unet, _ = training.build_models(PROFILE.replace(widths=(16,)), 10)
+    with pytest.raises(ValueError, match="layer 'stem' has weights of shapes"):
+        training.start_from(unet, source)
+
+
 def test_run_names_keep_variants_apart():
     assert training.run_name(get_profile("default")) == "default"
     assert training.run_name(get_profile("default"), num_classes=10, label_dropout=0.1) == "default-cond10-drop0.1"

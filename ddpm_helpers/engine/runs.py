@@ -308,10 +308,11 @@ def _slug(text: str) -> str:
 
 
 def run_name(profile, *, data=None, steps=None, seed=None, num_classes=None, label_dropout=0.0,
-             lr_schedule="seed", **_ignored) -> str:
+             lr_schedule="seed", init_from=None, **_ignored) -> str:
     """The folder name of a run under the runs directory: the profile's name, plus a suffix for
     every setting that differs from the profile's defaults (so a variant never overwrites the
-    book's run). E.g. ``default``, ``default-cond10-drop0.1``, ``default-steps200``.
+    book's run). E.g. ``default``, ``default-cond10-drop0.1``, ``default-steps200``,
+    ``default-cond10-steps1500-from-default`` (started from the weights of the run ``default``).
     """
     from ddpm_helpers.profiles import PROFILES
 
@@ -336,6 +337,8 @@ def run_name(profile, *, data=None, steps=None, seed=None, num_classes=None, lab
         parts.append(f"seed{int(seed)}")
     if lr_schedule != "seed":
         parts.append(f"lr-{lr_schedule}")
+    if init_from is not None:
+        parts.append("from-" + _slug(Path(init_from).name))
     return "-".join(parts)
 
 

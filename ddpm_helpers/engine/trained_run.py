@@ -6,11 +6,14 @@ from its run folder (:mod:`ddpm_helpers.engine.runs`, :mod:`ddpm_helpers.engine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import shlex
 from pathlib import Path
 
 from ddpm_helpers.engine.checkpoints import RunCheckpoint, list_checkpoints
-from ddpm_helpers.engine.runs import CONFIG_FILE, profile_from_dict, read_config, resume_command, run_folder, stale_reason
+from ddpm_helpers.engine.runs import (CONFIG_FILE, config_identity, profile_from_dict, read_config, resume_command,
+                                      run_folder, stale_reason)
 from ddpm_helpers.engine.train_step import build_models
 
 
@@ -97,3 +100,47 @@ def _checkpoint_step(checkpoint, available, run_dir) -> int:
         return int(number)
     raise FileNotFoundError(f"{run_dir} has no checkpoint {checkpoint!r}; it holds "
                             f"{', '.join(steps.values())} (pass one of those names or its step number).")
+
+
+def starting_point(run_dir) -> dict:
+    """What a run that starts from the trained run in ``run_dir`` records as its ``init_from``:
+    ``{"run": folder name, "step": its newest checkpoint, "identity": a hash of its configuration}``
+    (so that retraining the source makes the runs built on it stale). The source must be complete.
+    """
+    run_dir = run_folder(run_dir)
+    problem = stale_reason(run_dir) or (None if (run_dir / CONFIG_FILE).exists() else "it holds no run")
+    if problem:
+        raise ValueError(f"Cannot start from {run_dir}: {problem}. Pass the folder of a trained run.")
+    config, available = read_config(run_dir), list_checkpoints(run_dir)
+    if not available or available[-1][0] < int(config["steps"]):
+        done = available[-1][0] if available else 0
+        raise ValueError(f"Cannot start from {run_dir}: it has trained {done} of its {config['steps']} steps. "
+                         f"Finish it first: {resume_command(run_dir)}")
+    identity = json.dumps(config_identity(config), sort_keys=True, default=str)
+    return {"run": run_dir.name, "step": available[-1][0],
+            "identity": hashlib.sha256(identity.encode()).hexdigest()[:12]}
+
+
+def start_from(model, run_dir) -> list[str]:
+    """Set ``model``'s weights to the EMA weights of the trained run in ``run_dir``, layer by
+    layer (matched by name); layers the source lacks (the label embedding of a conditional model
+    started from an unconditional one) start at zero, so that the new model computes exactly what
+    the source did. Returns the names of those layers.
+    """
+    import numpy as np
+
+    source = load_run(run_dir).ema_model
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    zeroed = []
+    for layer in (layer for layer in model.layers if layer.weights):
+        if layer.name not in theirs:
+            layer.set_weights([np.zeros(w.shape, w.dtype) for w in layer.get_weights()])
+            zeroed.append(layer.name)
+            continue
+        weights = theirs[layer.name].get_weights()
+        shapes = [w.shape for w in weights], [tuple(w.shape) for w in layer.get_weights()]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"Cannot start from {run_dir}: its layer {layer.name!r} has weights of shapes "
+                             f"{shapes[0]}, this model's {shapes[1]}. Start from a run of the same architecture.")
+        layer.set_weights(weights)
+    return zeroed

@@ -38,7 +38,7 @@ from ddpm_helpers.engine.train_step import (RNG_ALGORITHM, NonFiniteLossError, b
                                      draw_step_randomness, drop_labels, evaluation_loss, loss_and_gradients,
                                      make_train_step, measure_step_time, simple_train_step, step_keys)
 from ddpm_helpers.engine.interrupts import TrainingInterrupted, stop_requests
-from ddpm_helpers.engine.trained_run import TrainedRun, load_run
+from ddpm_helpers.engine.trained_run import TrainedRun, load_run, start_from, starting_point
 
 __all__ = [
     "CONFIG_FILE", "FORMAT_VERSION", "LR_SCHEDULES", "RNG_ALGORITHM", "RUNS_DIR_ENV_VAR", "RUNNING_LOSS_DECAY",
@@ -49,7 +49,8 @@ __all__ = [
     "config_differences", "config_identity", "default_runs_dir", "draw_step_randomness", "drop_labels", "evaluation_loss",
     "latest_checkpoint", "learning_rates", "list_checkpoints", "load_or_train", "load_run", "make_config",
     "make_learning_rate", "make_train_step", "measure_step_time", "profile_from_dict", "read_config", "run_name",
-    "seed_learning_rate", "simple_train_step", "loss_and_gradients", "step_keys", "train", "write_config",
+    "seed_learning_rate", "simple_train_step", "loss_and_gradients", "start_from", "starting_point", "step_keys", "train",
+    "write_config",
 ]
 
 XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see its jit_compile)
@@ -133,7 +134,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
           jit_compile: bool | None = None,
           loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
           mixed_precision: bool | None = None, tensorboard: bool = False,
-          sample_every: int | None = None) -> TrainedRun:
+          sample_every: int | None = None, init_from=None) -> TrainedRun:
     """Train the profile's U-Net as a DDPM and write checkpoints and ``config.json`` to ``run_dir``.
 
     - ``steps`` (default ``profile.train_steps``), ``seed`` (default ``profile.seed``), ``data``
@@ -144,6 +145,11 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
     - ``num_classes``: train a class-conditional model (``model([x, t, label])``) on the data's
       labels; ``label_dropout`` replaces a label by the null label ``num_classes`` with that
       probability (for classifier-free guidance).
+    - ``init_from``: the folder of a trained run to start from instead of random weights (its EMA
+      weights, layer by layer; a layer it lacks, such as the label embedding of a conditional model
+      started from an unconditional one, starts at zero: :func:`.trained_run.start_from`). The
+      optimizer and the EMA start afresh; ``config.json`` records the source's name, step and
+      configuration, so retraining the source makes this run stale.
     - A checkpoint is written every ``checkpoint_every`` (default ``profile.checkpoint_every``)
       steps, at the end, and when SIGINT (Ctrl-C, a notebook's stop button) or SIGTERM arrives:
       then training stops after the step it is in, saves it and raises
@@ -206,6 +212,11 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
         k: settings[k] for k in ("steps", "seed", "num_classes", "label_dropout", "lr_schedule")})
     if settings["warmup_steps"]:  # recorded only when used, so runs without one keep their identity
         config["warmup_steps"] = settings["warmup_steps"]
+    if init_from is not None or (stored or {}).get("init_from"):  # likewise
+        config["init_from"] = starting_point(init_from) if init_from is not None else stored["init_from"]
+        # where the starting weights are read from if no checkpoint exists yet
+        settings["init_from"] = run_folder(init_from) if init_from is not None else run_dir.parent / stored[
+            "init_from"]["run"]
     with run_lock(run_dir), stop_requests() as stop:  # a signal from here on stops after a step, saved
         return _train_in(stop, run_dir, profile, source, config, settings, resume=resume, progress=progress,
                          loss_fn=loss_fn, on_step=on_step, strategy=strategy, replicas=replicas,
@@ -239,6 +250,9 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
     checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=settings["keep_checkpoints"])
     _, history, meta = checkpoint.restore(start) if start else (0, {key: [] for key in HISTORY_KEYS}, {})
     checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
+    if not start and settings.get("init_from") is not None:
+        start_from(model, settings["init_from"])
+        ema.reset()  # the average starts at the starting weights
     write_config(run_dir, config)
 
     schedule = make_schedule(profile.schedule, profile.timesteps)
@@ -368,6 +382,8 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
                 lr_schedule=train_kwargs.get("lr_schedule") or "seed")
             if train_kwargs.get("warmup_steps"):
                 requested["warmup_steps"] = int(train_kwargs["warmup_steps"])
+            if train_kwargs.get("init_from") is not None:
+                requested["init_from"] = starting_point(train_kwargs["init_from"])
             stored = read_config(run_dir)
             ignore = ("xla",) if train_kwargs.get("jit_compile") is None else ()
             requested["xla"] = stored.get("xla") if ignore else bool(train_kwargs["jit_compile"])
