@@ -7,8 +7,10 @@ each executed notebook in the jupyter-cache that Jupyter Book reads in ``cache``
 (``_build/.jupyter_cache``). The build then renders every page from that cache; a page the pool
 could not store is executed by Jupyter Book itself, as before.
 
-The model the later chapters share is trained first, in the pool, so that no chapter waits
-for another; the longest chapters start next. Each process gets its share of the cores
+The model the later chapters share is trained first, in the pool. While it trains, the other
+process executes the chapters that do not use it (longest first), then "Your turn", whose 2-D
+exercises come before the parts that need the model; the chapters that load the model come last,
+so that no process sits waiting for it. Each process gets its share of the cores
 (:func:`share_cores`): two TensorFlow processes that each spread over every core of a 2-core
 machine train about 20% slower than two that use one core each.
 
@@ -26,9 +28,12 @@ import time
 from pathlib import Path
 
 PRETRAIN = "(train the shared model)"
-# Longest first (measured on the 2-core machine); pages not listed run after these.
-ORDER = ("09_your_turn", "06_training", "07_sampling", "04_diffusion_2d",
-         "08_evaluation", "03b_ddpm_on_one_screen", "index")
+# First the pages that do not load the shared model, longest first (as measured on the 2-core
+# machine: about 110 s in all, while the model trains for about 200 s), then "Your turn" (about
+# 100 s of 2-D exercises before it needs the model), then the pages that load the model; pages not
+# listed run last.
+ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "03b_ddpm_on_one_screen",
+         "05_unet", "09_your_turn", "07_sampling", "06_training", "08_evaluation", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:
