@@ -17,7 +17,8 @@ FD is biased upward by repeated images, so the bootstrap distribution lies above
 With several ``--seeds`` every variant is trained once per seed.
 
 The chapter "Training" reads the newest ``benchmarks/results/defaults-<date>.json`` (see
-``benchcommon.py``) and calls a difference only where the intervals do not overlap.
+``benchcommon.py``) and calls a difference only where a paired t test over the sets (set k of
+every variant starts from the same noise) finds it at the 5% level.
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ from ddpm_helpers.measuring import intervals
 
 
 def test_jackknife_of_the_mean_is_the_classical_standard_error():
-    # Delete-one jackknife (groups = n) of the mean gives exactly s / sqrt(n).
+    # Delete-one jackknife (groups = n) of the mean gives exactly s / sqrt(n), and with Student's
+    # t quantile (n - 1 degrees of freedom) the classical t interval.
     x = np.random.default_rng(0).standard_normal(50)
     interval = intervals.jackknife_interval(np.mean, x, groups=50, level=0.95)
-    half = 1.959963984540054 * x.std(ddof=1) / math.sqrt(len(x))
+    half = 2.0095752371292392 * x.std(ddof=1) / math.sqrt(len(x))  # t quantile, 49 degrees of freedom
     assert interval.value == pytest.approx(x.mean())
     assert interval.high - interval.value == pytest.approx(half, rel=1e-9)
 
@@ -23,8 +24,8 @@ def test_jackknife_covers_the_spread_over_repeated_draws():
     rng = np.random.default_rng(1)
     repeats = [rng.standard_normal(400) for _ in range(200)]
     spread = np.std([np.var(x) for x in repeats])
-    ses = [(intervals.jackknife_interval(np.var, x, groups=16).high - np.var(x)) / 1.96
-           for x in repeats[:40]]
+    ses = [(intervals.jackknife_interval(np.var, x, groups=16).high - np.var(x)) / 2.131449545559776
+           for x in repeats[:40]]  # t quantile, 15 degrees of freedom
     assert np.mean(ses) == pytest.approx(spread, rel=0.2)
 
 
@@ -57,14 +58,60 @@ def test_bootstrap_interval_of_a_mean_is_near_the_normal_one():
     assert interval.contains(x.mean())
 
 
-def test_verdict_calls_a_difference_only_when_intervals_separate():
-    a = intervals.Interval(1.0, 0.9, 1.1)
-    b = intervals.Interval(1.5, 1.3, 1.7)
-    c = intervals.Interval(1.15, 1.05, 1.25)
-    assert intervals.verdict(a, b) == "clearly lower"
-    assert intervals.verdict(b, a) == "clearly higher"
-    assert intervals.verdict(a, c) == "within sampling noise"
-    assert a.scaled(2.0).text() == "2.00 (1.80 to 2.20)"
+def test_verdict_reads_the_interval_of_the_difference():
+    assert intervals.verdict(intervals.Interval(-0.3, -0.5, -0.1)) == "clearly lower"
+    assert intervals.verdict(intervals.Interval(0.3, 0.1, 0.5)) == "clearly higher"
+    assert intervals.verdict(intervals.Interval(0.3, -0.1, 0.7), same="n/r") == "n/r"
+    assert intervals.Interval(1.0, 0.9, 1.1).scaled(2.0).text() == "2.00 (1.80 to 2.20)"
+
+
+def _rejections(test, repeats=400, shift=0.0, seed=0):
+    """Share of ``repeats`` simulated experiments in which ``test`` calls a difference."""
+    rng = np.random.default_rng(seed)
+    calls = 0
+    for _ in range(repeats):
+        shared = rng.normal(size=64)  # what paired samples have in common (their starting noise)
+        a = shared + 0.3 * rng.normal(size=64) + shift
+        b = shared + 0.3 * rng.normal(size=64)
+        calls += test(a, b)
+    return calls / repeats
+
+
+def test_paired_difference_is_a_5_percent_test_and_uses_the_pairing():
+    def paired(a, b):
+        return intervals.verdict(intervals.paired_difference(np.mean, a, b)) != "not resolved at this sample size"
+
+    def overlap(a, b):  # the old rule: two separate intervals that do not overlap
+        ia, ib = (intervals.jackknife_interval(np.mean, x) for x in (a, b))
+        return ia.separated_from(ib)
+
+    assert 0.02 <= _rejections(paired) <= 0.09  # about 5% when nothing differs
+    # A shift of about 2.4 standard errors of the paired difference: found most of the time by
+    # the paired test, almost never by non-overlap (the shared part makes each interval wide).
+    assert _rejections(paired, shift=0.13) > 0.5 > 0.1 > _rejections(overlap, shift=0.13)
+
+
+def test_independent_difference_is_a_5_percent_test():
+    rng = np.random.default_rng(1)
+    calls, overlaps = 0, 0
+    for _ in range(2000):
+        a, b = (intervals.mean_interval(rng.normal(size=30)) for _ in range(2))
+        calls += not intervals.independent_difference(a, b).contains(0.0)
+        overlaps += a.separated_from(b)
+    assert 0.03 <= calls / 2000 <= 0.08
+    assert overlaps / 2000 < 0.015  # non-overlap of 95% intervals: a test at well under 1%
+
+
+def test_paired_mean_difference_is_the_t_interval_of_the_differences():
+    a, b = np.array([1.0, 2.0, 3.5, 4.0]), np.array([0.5, 1.0, 3.0, 3.0])
+    d = intervals.paired_mean_difference(a, b)
+    assert (d.value, d.low, d.high) == pytest.approx(
+        (intervals.mean_interval(a - b).value, intervals.mean_interval(a - b).low,
+         intervals.mean_interval(a - b).high))
+    with pytest.raises(ValueError, match="Paired"):
+        intervals.paired_mean_difference(a, b[:3])
+    with pytest.raises(ValueError, match="Paired"):
+        intervals.paired_difference(np.mean, a, b[:3])
 
 
 def test_bad_input_is_named():

@@ -1,9 +1,14 @@
 """Intervals for the book's quality numbers (chapters "Evaluation" and "Your turn").
 
 A quality number measured on ``n`` samples would come out differently on another ``n`` samples
-of the same sampler. Before two numbers are compared, each gets an interval that shows how far
-it moves by chance alone, and a difference is called only when the intervals do not overlap
-(:func:`verdict`). Four ways to get an interval, each where it fits:
+of the same sampler. Every number gets an interval that shows how far it moves by chance alone.
+Two numbers are compared through the interval of their *difference* (:func:`verdict` calls a
+difference when that interval excludes 0: a two-sided test at level 1 - ``level``, 5% by
+default). Whether two intervals overlap is no such test: for two equal standard errors, 95%
+intervals that do not overlap are a test at about 0.6%. Samples of two samplers that start from
+the same noise are pairs, and the pairing is kept (:func:`paired_difference`,
+:func:`paired_mean_difference`); numbers measured on independent samples are compared with
+:func:`independent_difference`. Four ways to get an interval, each where it fits:
 
 - :func:`proportion_interval`: Wilson's score interval for a share (the confident share, the
   agreement with a requested digit): exact enough at every ``n`` and never outside [0, 1];
@@ -93,9 +98,13 @@ def jackknife_interval(statistic, data, *, groups: int = 16, level: float = DEFA
 
         se^2 = (G - 1) / G * sum_g (theta_g - mean(theta))^2      (Eq. (9.2) (``eq-jackknife``))
 
-    The interval is ``value +- z se`` around the value on all the data (not bias-corrected, so
-    that it stays comparable with references measured at the same ``n``).
+    The interval is ``value +- t se`` around the value on all the data (not bias-corrected, so
+    that it stays comparable with references measured at the same ``n``), with ``t`` the quantile
+    of Student's t with ``groups - 1`` degrees of freedom (2.13 for 16 groups at 95%): the
+    standard error comes from only ``groups`` values.
     """
+    from scipy.stats import t as student
+
     data = np.asarray(data)
     n = len(data)
     if not 2 <= groups <= n:
@@ -105,8 +114,9 @@ def jackknife_interval(statistic, data, *, groups: int = 16, level: float = DEFA
     parts = np.array_split(order, groups)
     thetas = np.array([float(statistic(data[np.setdiff1d(order, part)])) for part in parts])
     se = math.sqrt((groups - 1) / groups * np.sum((thetas - thetas.mean()) ** 2))
-    z = _normal_quantile(level)
-    return Interval(value, value - z * se, value + z * se, level, f"jackknife ({groups} groups)")
+    _normal_quantile(level)  # checks the level
+    t = float(student.ppf(0.5 + level / 2, groups - 1))
+    return Interval(value, value - t * se, value + t * se, level, f"jackknife ({groups} groups)")
 
 
 def bootstrap_interval(statistic, data, *, repeats: int = 200, level: float = DEFAULT_LEVEL,
@@ -135,13 +145,68 @@ def mean_interval(values, level: float = DEFAULT_LEVEL) -> Interval:
     return Interval(mean, mean - half, mean + half, level, f"t interval over {k} runs")
 
 
-def verdict(a: Interval, b: Interval, *, lower: str = "clearly lower",
-            higher: str = "clearly higher", same: str = "within sampling noise") -> str:
-    """The sentence for ``a`` compared with ``b``: ``lower`` or ``higher`` only when the
-    intervals separate, else ``same``. The book glues the returned words into its prose."""
-    if not a.separated_from(b):
+def paired_difference(statistic, a, b, *, groups: int = 16, level: float = DEFAULT_LEVEL,
+                      seed: int = 0) -> Interval:
+    """``statistic(a) - statistic(b)`` for paired rows (row ``i`` of ``a`` and of ``b`` share their
+    starting noise, label or reference data), with a delete-a-group jackknife interval
+    (Eq. (9.2) (``eq-jackknife``)) that leaves the same rows out of both: what the two have in
+    common cancels in the difference.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if len(a) != len(b):
+        raise ValueError(f"Paired data need as many rows in both, got {len(a)} and {len(b)}.")
+    pairs = np.arange(len(a))
+    interval = jackknife_interval(lambda rows: float(statistic(a[rows])) - float(statistic(b[rows])), pairs,
+                                  groups=groups, level=level, seed=seed)
+    return dataclasses.replace(interval, method=f"paired {interval.method}")
+
+
+def paired_mean_difference(a_values, b_values, level: float = DEFAULT_LEVEL) -> Interval:
+    """Mean of ``a - b`` over paired repeated measurements (e.g. sets of samples drawn with the
+    same seeds and scored against the same reference sets), with Student's t interval."""
+    a, b = np.asarray(a_values, np.float64), np.asarray(b_values, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired measurements need the same number of each, got {a.shape} and {b.shape}.")
+    interval = mean_interval(a - b, level)
+    return dataclasses.replace(interval, method=f"paired {interval.method}")
+
+
+def independent_difference(a: Interval, b: Interval) -> Interval:
+    """``a - b`` for two numbers measured on independent samples (e.g. generated and real
+    images), from their symmetric normal-theory intervals: the standard errors add in squares."""
+    if a.level != b.level:
+        raise ValueError(f"Both intervals need the same level, got {a.level} and {b.level}.")
+    z = _normal_quantile(a.level)
+    se = math.hypot((a.high - a.low) / (2 * z), (b.high - b.low) / (2 * z))
+    d = a.value - b.value
+    return Interval(d, d - z * se, d + z * se, a.level, "difference of independent estimates")
+
+
+def verdict(difference: Interval, *, lower: str = "clearly lower", higher: str = "clearly higher",
+            same: str = "not resolved at this sample size") -> str:
+    """The words for ``a`` compared with ``b``, given the interval of ``a - b``: ``lower`` or
+    ``higher`` only when it excludes 0 (a two-sided test at level 1 - ``difference.level``), else
+    ``same``, which should say what the samples could not resolve rather than that the two are
+    equal. The book glues the returned words into its prose."""
+    if difference.contains(0.0):
         return same
-    return lower if a.value < b.value else higher
+    return lower if difference.value < 0 else higher
+
+
+def fd_ratio_difference(evaluator, images_a, images_b, *, groups: int = 16,
+                        level: float = DEFAULT_LEVEL) -> Interval:
+    """FD / floor of ``images_a`` minus that of ``images_b``, paired image by image (samples drawn
+    from the same starting noise), with the paired jackknife of :func:`paired_difference`."""
+    from ddpm_helpers.measuring import metrics
+
+    features = [evaluator.classifier.features(metrics.quantize(x)) for x in (images_a, images_b)]
+    floors, _ = evaluator.references(len(features[0]))
+
+    def fd(rows):
+        return metrics.frechet_distance(*metrics.feature_statistics(rows), *evaluator.held_out_stats)
+
+    interval = paired_difference(fd, *features, groups=groups, level=level)
+    return interval.scaled(1.0 / float(np.mean(floors)))
 
 
 def fd_ratio_interval(evaluator, images, *, groups: int = 16,
