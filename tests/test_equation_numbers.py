@@ -24,9 +24,9 @@ MODULE = '''"""A module citing Eq. ({one}) (``eq-one-a``) of chapter one."""
 def f():
     """Chapter two, Eqs. ({two_a}) (``eq-two-a``) and ({two_b})
     (``eq-two-b``), the second wrapped onto a line of its own."""
-    return 1  # Eq. (9.9) (``eq-two-a``): comments are not docstrings and are not checked
+    return 1  # Eq. ({comment}) (``eq-two-a``): comments cite what the reader sees too
 '''
-RIGHT = {"one": "1.1", "two_a": "2.1", "two_b": "2.2"}
+RIGHT = {"one": "1.1", "two_a": "2.1", "two_b": "2.2", "comment": "2.1"}
 
 
 def equations_command(html: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -68,19 +68,21 @@ def test_right_numbers_pass_a_wrong_one_fails_and_fix_repairs_it(built, tmp_path
     module = package(tmp_path)
     passed = equations_command(built, tmp_path)
     assert passed.returncode == 0, output(passed)
-    assert "3 citations" in passed.stdout
+    assert "4 citations" in passed.stdout
 
-    # Broken on purpose: chapter two's second equation cited as (2.3).
-    package(tmp_path, two_b="2.3")
+    # Broken on purpose: chapter two's second equation cited as (2.3), and a comment's (9.9).
+    package(tmp_path, two_b="2.3", comment="9.9")
     failed = equations_command(built, tmp_path)
     assert failed.returncode == 1
     assert ("ddpm_helpers/m.py:5: Eq. (2.3) (``eq-two-b``): the book numbers it (2.2)"
+            in failed.stderr), output(failed)
+    assert ("ddpm_helpers/m.py:7: Eq. (9.9) (``eq-two-a``): the book numbers it (2.1)"
             in failed.stderr), output(failed)
     assert "--fix" in failed.stderr
 
     fixed = equations_command(built, tmp_path, "--fix")
     assert fixed.returncode == 0, output(fixed)
-    # The number right again, the line break kept, the comment untouched.
+    # The numbers right again, the line break kept.
     assert module.read_text() == MODULE.format(**RIGHT)
 
 
@@ -124,7 +126,7 @@ def test_numbers_are_read_from_the_equation_markup(tmp_path):
     assert numbers[equations.html_id("eq-alpha-bar-T-linear")] == "3.6"
 
 
-def test_citations_are_found_in_docstrings_only(tmp_path):
+def test_citations_are_found_in_docstrings_and_comments_only(tmp_path):
     source = '''"""Module: Eq. (2.5) (``eq-a``), Eqs. (eq-b) and (``eq-c``)."""
 X = "Eq. (1.1) (``eq-not-a-docstring``)"
 
@@ -141,7 +143,8 @@ class C:
     path.write_text(source)
     found, unlabelled = equations.citations_in(path)
     assert [(c.line, c.number, c.label) for c in found] == [
-        (1, "2.5", "eq-a"), (1, None, "eq-b"), (1, None, "eq-c"), (6, "3.1", "eq-d")]
+        (1, "2.5", "eq-a"), (1, None, "eq-b"), (1, None, "eq-c"), (6, "3.1", "eq-d"),
+        (10, None, "eq-comment")]
     assert [(c.line, c.number) for c in unlabelled] == [(7, "3.2")]
 
 

@@ -62,7 +62,7 @@ def test_verdict_reads_the_interval_of_the_difference():
     assert intervals.verdict(intervals.Interval(-0.3, -0.5, -0.1)) == "clearly lower"
     assert intervals.verdict(intervals.Interval(0.3, 0.1, 0.5)) == "clearly higher"
     assert intervals.verdict(intervals.Interval(0.3, -0.1, 0.7), same="n/r") == "n/r"
-    assert intervals.Interval(1.0, 0.9, 1.1).scaled(2.0).text() == "2.00 (1.80 to 2.20)"
+    assert intervals.Interval(1.0, 0.9, 1.1).scaled(2.0).text() == "2.00 [1.80, 2.20]"
 
 
 def _rejections(test, repeats=400, shift=0.0, seed=0):

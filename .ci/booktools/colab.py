@@ -704,7 +704,8 @@ def profile_names() -> list[str]:
 def _minutes(seconds: float) -> str:
     if seconds < 60:
         return "under a minute"
-    return f"about {max(1, round(seconds / 60))} minutes"
+    minutes = max(1, round(seconds / 60))
+    return "about a minute" if minutes == 1 else f"about {minutes} minutes"
 
 
 def chapter_costs() -> dict:

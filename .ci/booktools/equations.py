@@ -99,20 +99,38 @@ def docstring_spans(source: str) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
+def comment_spans(source: str) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets in ``source`` of every ``#`` comment (code the chapters show cites
+    equations in comments too)."""
+    import io
+    import tokenize
+
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    spans = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            (row, col), (end_row, end_col) = token.start, token.end
+            spans.append((starts[row - 1] + col, starts[end_row - 1] + end_col))
+    return spans
+
+
 def package_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "ddpm_helpers").rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def citations_in(path: Path, source: str | None = None) -> tuple[list[Citation], list[Citation]]:
-    """The equation citations in the docstrings of one file, in order, and the numbers cited
-    there without a label (``label`` empty)."""
+    """The equation citations in the docstrings and comments of one file, in order, and the
+    numbers cited there without a label (``label`` empty)."""
     source = path.read_text() if source is None else source
     found, problems = [], []
 
     def line_of(offset: int) -> int:
         return source.count("\n", 0, offset) + 1
 
-    for start, end in docstring_spans(source):
+    for start, end in sorted(docstring_spans(source) + comment_spans(source)):
         text = source[start:end]
         taken = []
         for match in CITATION.finditer(text):

@@ -1,7 +1,7 @@
 """The sampling loops compiled with ``tf.function``, cached on the model (chapter "Sampling", ``sec-sampling``).
 
 :func:`ddpm_loop` and :func:`ddim_loop` wrap the loops of :mod:`ddpm_helpers.method.samplers`
-(Eqs. (8.2) (``eq-p-sample``) and (8.5) (``eq-ddim-step``)) in one ``tf.function`` each. The time
+(Eqs. (9.2) (``eq-p-sample``) and (9.5) (``eq-ddim-step``)) in one ``tf.function`` each. The time
 index, DDIM's step positions and eta, and the guidance scale are tensor inputs, so one trace serves
 every chunk, step count, eta and scale. The compiled loops are cached in an attribute of the
 predictor's owner (the Keras model): they are reused while the model lives and freed with it.
@@ -48,7 +48,7 @@ def ddpm_loop(schedule, predict_noise, *, clip_x0: bool = True, variance: str = 
     compiles the loop with XLA: on the book's CPU models one long run samples about 1.7 times
     faster, but XLA compiles again for every new pair of loop bounds, so runs cut into chunks
     (snapshots, progress bars) become far slower; hence the default False.
-    Chapter "Sampling", Eq. (8.2) (``eq-p-sample``).
+    Chapter "Sampling", Eq. (9.2) (``eq-p-sample``).
     """
     predictor = as_noise_predictor(predict_noise)
     fn = predictor.fn
@@ -77,7 +77,7 @@ def ddim_loop(schedule, predict_noise, *, clip_x0: bool = True, jit_compile: boo
 
     ``run`` applies :func:`~ddpm_helpers.method.samplers.ddim_steps` for k = start - 1, ..., stop;
     ``taus`` and ``eta`` are tensors, so one trace serves every step count and eta.
-    Chapter "Sampling", Eq. (8.5) (``eq-ddim-step``).
+    Chapter "Sampling", Eq. (9.5) (``eq-ddim-step``).
     """
     predictor = as_noise_predictor(predict_noise)
     fn = predictor.fn

@@ -9,10 +9,10 @@
   replicas share the batch; each replica's loss is divided by the number of replicas (a
   ``keras.losses.Loss`` does it itself, a plain function's loss is divided by the step), so the
   gradients Keras sums over the replicas are those of the global batch's mean loss
-  (Eq. (7.1) (``eq-train-loss``)); under float16 every replica scales its loss as on one device,
+  (Eq. (8.1) (``eq-train-loss``)); under float16 every replica scales its loss as on one device,
   which Keras' ``LossScaleOptimizer`` undoes, and an overflow on any replica makes every replica
   skip the step. A loss or gradient that is not finite is recorded in ``bad_step`` as in the
-  one-device step and the EMA (Eq. (7.3) (``eq-ema``)) stops; Adam's update cannot be skipped under
+  one-device step and the EMA (Eq. (8.3) (``eq-ema``)) stops; Adam's update cannot be skipped under
   a strategy (it synchronises the replicas, which TensorFlow does not allow inside a ``tf.cond``),
   but :func:`ddpm_helpers.engine.training.train` reads ``bad_step`` before every checkpoint and
   stops before saving: no non-finite weights are written.
@@ -91,10 +91,10 @@ def make_distributed_train_step(strategy, model, optimizer, schedule, loss_fn, *
     ``strategy`` (whose scope created ``model``, ``optimizer`` and the EMA model). Same contract as
     :func:`ddpm_helpers.engine.train_step.make_train_step`, ``bad_step`` and ``bad_what`` included.
 
-    Every replica computes the loss of Eq. (7.1) (``eq-train-loss``) on its slice of the batch with
+    Every replica computes the loss of Eq. (8.1) (``eq-train-loss``) on its slice of the batch with
     :func:`ddpm_helpers.engine.train_step.loss_and_gradients` (the one-device step's core: the same draws,
     casts, replica division and loss scaling), and Keras sums the gradients over the replicas in
-    ``apply_gradients``. The EMA of Eq. (7.3) (``eq-ema``) is updated while no step was bad.
+    ``apply_gradients``. The EMA of Eq. (8.3) (``eq-ema``) is updated while no step was bad.
     """
     import tensorflow as tf
 

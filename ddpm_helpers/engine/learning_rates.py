@@ -1,11 +1,11 @@
 """Adam's step size over training and the EMA of the weights (chapter "Training", ``sec-training``).
 
-- :func:`seed_learning_rate`: the original CelebA tutorial's schedule, Eq. (7.2) (``eq-seed-lr``),
+- :func:`seed_learning_rate`: the original CelebA tutorial's schedule, Eq. (8.2) (``eq-seed-lr``),
   which is Keras' ``InverseTimeDecay``; :func:`make_learning_rate` names it and the book's other
   schedules.
 - :func:`learning_rates`: the rates a schedule gives a range of optimizer iterations (the loss
   curve's ``lr`` column).
-- :class:`ExponentialMovingAverage`: the averaged weights that sampling uses, Eq. (7.3)
+- :class:`ExponentialMovingAverage`: the averaged weights that sampling uses, Eq. (8.3)
   (``eq-ema``).
 """
 
@@ -24,7 +24,7 @@ def _keras():
 
 
 def seed_learning_rate(base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS):
-    """``lr(step) = base_lr * decay_steps / (step + decay_steps)``, chapter "Training", Eq. (7.2)
+    """``lr(step) = base_lr * decay_steps / (step + decay_steps)``, chapter "Training", Eq. (8.2)
     (``eq-seed-lr``).
 
     That is ``keras.optimizers.schedules.InverseTimeDecay(base_lr, decay_steps, decay_rate=1)``,
@@ -112,7 +112,7 @@ class ExponentialMovingAverage:
     """Keeps ``ema_model``'s weights an exponential moving average of ``model``'s.
 
     After every optimizer step, for each trainable weight: ``ema <- decay * ema + (1 - decay) * w``
-    (chapter "Training", Eq. (7.3) (``eq-ema``)); weights that are not trained are copied.
+    (chapter "Training", Eq. (8.3) (``eq-ema``)); weights that are not trained are copied.
     ``ema_model`` must have the same architecture; :meth:`reset` copies the current weights into it.
     """
 
@@ -146,11 +146,11 @@ class ExponentialMovingAverage:
 def scale_for_batch(factor: float, *, base_lr: float = 1e-4, decay_steps: int = SEED_DECAY_STEPS,
                     ema_decay: float = 0.999, rule: str = "sqrt") -> dict:
     """The learning rate, decay horizon and EMA horizon for a batch ``factor`` times larger, in
-    images seen (chapter "Scaling up", Eq. (11.1) (``eq-linear-scaling``)).
+    images seen (chapter "Scaling up", Eq. (12.1) (``eq-linear-scaling``)).
 
     ``factor`` times as many images per step means ``factor`` times fewer steps for the same
-    images: the seed schedule's ``decay_steps`` (Eq. (7.2) (``eq-seed-lr``)) is divided by
-    ``factor``, and the EMA (Eq. (7.3) (``eq-ema``)), which averages over about
+    images: the seed schedule's ``decay_steps`` (Eq. (8.2) (``eq-seed-lr``)) is divided by
+    ``factor``, and the EMA (Eq. (8.3) (``eq-ema``)), which averages over about
     ``1 / (1 - decay)`` steps, gets ``decay ** factor`` so that it averages over the same number
     of images. The rate is multiplied by ``sqrt(factor)`` (``rule="sqrt"``, for Adam) or
     ``factor`` (``"linear"``, for SGD). Returns ``learning_rate``, ``decay_steps`` and

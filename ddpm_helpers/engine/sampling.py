@@ -1,7 +1,7 @@
 """Sampling (chapter "Sampling", ``sec-sampling``): the DDPM and DDIM loops, compiled, in chunks.
 
 The steps and loops themselves live in :mod:`ddpm_helpers.method.samplers` (they read as the papers'
-algorithms, Eqs. (8.2) (``eq-p-sample``) and (8.5) (``eq-ddim-step``)); the noise predictors they
+algorithms, Eqs. (9.2) (``eq-p-sample``) and (9.5) (``eq-ddim-step``)); the noise predictors they
 call in :mod:`ddpm_helpers.method.predictors`; their compiled versions, cached on the model, in
 :mod:`ddpm_helpers.engine.compiled_loops` (:func:`.ddpm_loop`, :func:`.ddim_loop`).
 This module runs them:
@@ -193,7 +193,7 @@ def ddpm_sample(model_or_fn, schedule, shape, *, seed: int = 0, labels=None, cli
     predicted x_0 to [-1, 1]; ``variance``: ``"beta_tilde"`` (posterior variance, default) or
     ``"beta"``; ``snapshots``: number of states x_t to keep, evenly spaced from x_T to x_0
     (0: none); ``progress``: show a progress bar; ``x_T``: a given start instead of noise from
-    ``seed``. Chapter "Sampling", Eq. (8.2) (``eq-p-sample``).
+    ``seed``. Chapter "Sampling", Eq. (9.2) (``eq-p-sample``).
     """
     import tensorflow as tf
 
@@ -228,7 +228,7 @@ def ddpm_sample_eager(model_or_fn, schedule, shape, *, seed: int = 0, steps: int
     For comparisons only (the chapter and ``benchmarks/bench_sampling.py``): every step calls the
     model eagerly, op by op. ``steps`` runs only the first ``steps`` reverse steps (from t = T);
     with the same seed the result equals the compiled sampler's up to float round-off.
-    Chapter "Sampling", Eq. (8.2) (``eq-p-sample``).
+    Chapter "Sampling", Eq. (9.2) (``eq-p-sample``).
     """
     import tensorflow as tf
 
@@ -250,7 +250,7 @@ def ddim_sample(model_or_fn, schedule, shape, *, steps: int = 50, eta: float = 0
 
     ``eta = 0`` is deterministic (the same x_T always gives the same image), ``eta = 1`` with
     ``steps = T`` is ancestral DDPM with beta_tilde. Other arguments as :func:`ddpm_sample`.
-    Chapter "Sampling", Eqs. (8.5) (``eq-ddim-step``) and (8.6) (``eq-ddim-sigma``).
+    Chapter "Sampling", Eqs. (9.5) (``eq-ddim-step``) and (9.6) (``eq-ddim-sigma``).
     """
     import tensorflow as tf
 

@@ -5,14 +5,14 @@
   Philox algorithm named explicitly (``RNG_ALGORITHM``), so that a resumed run draws what an
   uninterrupted one drew, with or without XLA (TensorFlow's default, "auto_select", draws
   differently under XLA).
-- :func:`loss_and_gradients`: the loss of Eq. (7.1) (``eq-train-loss``) on a replica's share of the
+- :func:`loss_and_gradients`: the loss of Eq. (8.1) (``eq-train-loss``) on a replica's share of the
   batch and its gradients, the one core of the step on one device and under a ``tf.distribute``
   strategy (:func:`ddpm_helpers.engine.distribute.make_distributed_train_step`): the draws, the
   float32 loss under mixed precision, the division by the replicas and float16's loss scaling are
   written only there.
 - :class:`StepGuard`: records the first step whose loss or gradient is not finite (``bad_step``).
 - :func:`simple_train_step`: one step of Algorithm 1 as the paper writes it (what the chapter shows);
-- :func:`make_train_step`: that core, the Adam update and the EMA update of Eq. (7.3) (``eq-ema``)
+- :func:`make_train_step`: that core, the Adam update and the EMA update of Eq. (8.3) (``eq-ema``)
   on one device, the updates skipped from the first step whose loss or gradient is not finite.
 - :func:`evaluation_loss` and :func:`measure_step_time`: a fixed-noise yardstick and a timer.
 """
@@ -109,7 +109,7 @@ def loss_and_gradients(
     replica=0,
     replicas: int = 1,
 ):
-    """The loss of Eq. (7.1) (``eq-train-loss``) on replica ``replica``'s share of the batch, and
+    """The loss of Eq. (8.1) (``eq-train-loss``) on replica ``replica``'s share of the batch, and
     its gradients.
 
     The core of every training step, on one device (``replicas=1``, :func:`make_train_step`) or
@@ -205,7 +205,7 @@ class StepGuard:
 
 
 def simple_train_step(model, optimizer, schedule, loss_fn, x0, t, noise):
-    """One step of Algorithm 1 of Ho et al. (2020), as written: the loss of Eq. (7.1)
+    """One step of Algorithm 1 of Ho et al. (2020), as written: the loss of Eq. (8.1)
     (``eq-train-loss``) for the images ``x0`` at time indices ``t`` with the noise ``noise``, and a
     gradient step.
 
@@ -241,11 +241,11 @@ def make_train_step(
 ):
     """The compiled training step ``train_step(images, labels, step) -> loss`` on one device.
 
-    1. the loss of Eq. (7.1) (``eq-train-loss``) and its gradients (:func:`loss_and_gradients`: t
+    1. the loss of Eq. (8.1) (``eq-train-loss``) and its gradients (:func:`loss_and_gradients`: t
        and the noise keyed by ``(seed, step)``, x_t of Eq. (2.5) (``eq-q-xt-x0``), the network's
        prediction);
     2. the Adam update;
-    3. the EMA update of the averaged weights (Eq. (7.3) (``eq-ema``)).
+    3. the EMA update of the averaged weights (Eq. (8.3) (``eq-ema``)).
 
     Steps 2 and 3 happen only if the loss and every gradient are finite and no earlier step was
     not (with a ``keras.optimizers.LossScaleOptimizer``, float16, only the loss is checked: that
@@ -299,9 +299,9 @@ def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, 
                          precision: str = "float32"):
     """``(model, ema_model, optimizer, ema, rate)`` for training ``profile``'s U-Net, created in
     ``strategy``'s scope under the Keras dtype ``precision`` policy: Adam with the learning rate
-    ``rate`` (Eq. (7.2) (``eq-seed-lr``) or another
+    ``rate`` (Eq. (8.2) (``eq-seed-lr``) or another
     :func:`~ddpm_helpers.engine.learning_rates.make_learning_rate` schedule; loss scaling for
-    float16) and the EMA of Eq. (7.3) (``eq-ema``), started at the initial weights.
+    float16) and the EMA of Eq. (8.3) (``eq-ema``), started at the initial weights.
     """
     import contextlib
 
@@ -330,7 +330,7 @@ def evaluation_loss(model, schedule, images, *, loss: str = "mse", labels=None, 
 
     Unlike the training loss, whose t and noise change every step, this number moves only when
     the model does, so it can compare models (raw vs EMA weights, before vs after training).
-    Eq. (7.1) (``eq-train-loss``) of chapter "Training".
+    Eq. (8.1) (``eq-train-loss``) of chapter "Training".
     """
     import tensorflow as tf
 

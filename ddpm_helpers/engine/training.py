@@ -2,9 +2,9 @@
 
 The pieces live in modules of their own, and are re-exported here under the names the book uses:
 
-- :mod:`ddpm_helpers.engine.learning_rates`: Adam's step size (Eq. (7.2) (``eq-seed-lr``)) and the
-  EMA (Eq. (7.3) (``eq-ema``));
-- :mod:`ddpm_helpers.engine.train_step`: the compiled step (Eq. (7.1) (``eq-train-loss``)) and its
+- :mod:`ddpm_helpers.engine.learning_rates`: Adam's step size (Eq. (8.2) (``eq-seed-lr``)) and the
+  EMA (Eq. (8.3) (``eq-ema``));
+- :mod:`ddpm_helpers.engine.train_step`: the compiled step (Eq. (8.1) (``eq-train-loss``)) and its
   random numbers;
 - :mod:`ddpm_helpers.engine.checkpoints`: ``tf.train.Checkpoint`` + ``CheckpointManager``;
 - :mod:`ddpm_helpers.engine.runs`: run folders, their configuration and format version, the lock;

@@ -2,7 +2,7 @@
 
 A small CNN trained on the real training digits (:func:`load_or_train_classifier`, cached in
 ``$DDPM_RUNS_DIR/classifier-...``); :mod:`ddpm_helpers.measuring.metrics` scores samples with its
-penultimate-layer features (Eq. (9.1) (``eq-frechet``)) and its confidence.
+penultimate-layer features (Eq. (10.1) (``eq-frechet``)) and its confidence.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Frechet distance between two Gaussians fitted to features (chapter "Evaluation", ``sec-evaluation``).
 
-The distance behind FID (Heusel et al. 2017), Eq. (9.1) (``eq-frechet``);
+The distance behind FID (Heusel et al. 2017), Eq. (10.1) (``eq-frechet``);
 :mod:`ddpm_helpers.measuring.metrics` applies it to the features of the book's digit classifier.
 """
 
@@ -27,7 +27,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`` (chapter "Evaluation",
-    Eq. (9.1) (``eq-frechet``)), with ``scipy.linalg.sqrtm`` for the matrix square root. When the
+    Eq. (10.1) (``eq-frechet``)), with ``scipy.linalg.sqrtm`` for the matrix square root. When the
     product is singular (fewer samples than features), ``eps`` is added to both diagonals, as FID
     code does. An imaginary part of the root larger than round-off raises ``ValueError``.
     """

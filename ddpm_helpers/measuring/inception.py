@@ -10,7 +10,7 @@ ImageNet's Inception-v3:
   downloaded by Keras to ``~/.keras/models/`` (``$KERAS_HOME/models``) or read from a file;
   offline and without that file, :class:`InceptionWeightsMissing` says in one line what to
   download and where to copy it.
-- :func:`fid`: the Frechet distance (Eq. (9.1) (``eq-frechet``),
+- :func:`fid`: the Frechet distance (Eq. (10.1) (``eq-frechet``),
   :func:`ddpm_helpers.measuring.frechet.frechet_distance_of_features`) of the two feature sets.
 - :func:`kid`: the unbiased estimate of the squared maximum mean discrepancy with the cubic
   polynomial kernel ``k(x, y) = (x . y / d + 1)^3``, averaged over random subsets, with their

@@ -13,7 +13,7 @@ the same noise are pairs, and the pairing is kept (:func:`paired_difference`,
 - :func:`proportion_interval`: Wilson's score interval for a share (the confident share, the
   agreement with a requested digit): exact enough at every ``n`` and never outside [0, 1];
 - :func:`jackknife_interval`: the delete-a-group jackknife, for statistics such as the Frechet
-  distance, whose value depends on ``n`` (chapter "Evaluation", Eq. (9.2) (``eq-jackknife``));
+  distance, whose value depends on ``n`` (chapter "Evaluation", Eq. (10.2) (``eq-jackknife``));
 - :func:`bootstrap_interval`: the percentile bootstrap, for averages over samples (diversity);
 - :func:`mean_interval`: the t interval of a few repeated measurements (training or sampling
   seeds).
@@ -45,9 +45,9 @@ class Interval:
     method: str = ""
 
     def text(self, fmt: str = ".2f") -> str:
-        """E.g. ``"1.25 (1.05 to 1.45)"``; ``fmt`` applies to all three numbers."""
-        return (f"{format(self.value, fmt)} ({format(self.low, fmt)} to "
-                f"{format(self.high, fmt)})")
+        """E.g. ``"1.25 [1.05, 1.45]"`` (square brackets, so that the interval reads clearly inside
+        a parenthesis of the prose); ``fmt`` applies to all three numbers."""
+        return f"{format(self.value, fmt)} [{format(self.low, fmt)}, {format(self.high, fmt)}]"
 
     def __str__(self) -> str:
         return self.text()
@@ -96,7 +96,7 @@ def jackknife_interval(statistic, data, *, groups: int = 16, level: float = DEFA
     The rows of ``data`` are shuffled (``seed``) into ``groups`` groups; ``statistic`` is
     recomputed with each group left out, giving ``theta_1 .. theta_G``, and
 
-        se^2 = (G - 1) / G * sum_g (theta_g - mean(theta))^2      (Eq. (9.2) (``eq-jackknife``))
+        se^2 = (G - 1) / G * sum_g (theta_g - mean(theta))^2      (Eq. (10.2) (``eq-jackknife``))
 
     The interval is ``value +- t se`` around the value on all the data (not bias-corrected, so
     that it stays comparable with references measured at the same ``n``), with ``t`` the quantile
@@ -149,7 +149,7 @@ def paired_difference(statistic, a, b, *, groups: int = 16, level: float = DEFAU
                       seed: int = 0) -> Interval:
     """``statistic(a) - statistic(b)`` for paired rows (row ``i`` of ``a`` and of ``b`` share their
     starting noise, label or reference data), with a delete-a-group jackknife interval
-    (Eq. (9.2) (``eq-jackknife``)) that leaves the same rows out of both: what the two have in
+    (Eq. (10.2) (``eq-jackknife``)) that leaves the same rows out of both: what the two have in
     common cancels in the difference.
     """
     a, b = np.asarray(a), np.asarray(b)

@@ -8,7 +8,7 @@ from parts the book trains itself:
 1. a small classifier trained on the real training digits (:func:`.load_or_train_classifier`,
    cached in ``$DDPM_RUNS_DIR/classifier-...``);
 2. the Frechet distance between Gaussians fitted to its penultimate-layer features of two image
-   sets (:func:`.frechet_distance`, Eq. (9.1) (``eq-frechet``));
+   sets (:func:`.frechet_distance`, Eq. (10.1) (``eq-frechet``));
 3. the share of samples it labels with confidence > 0.9, and its class histogram.
 
 The numbers are NOT comparable with published FIDs (different network, features, image size

@@ -1,8 +1,8 @@
 """What the U-Net's blocks cost: parameters and multiply-accumulates (chapter "The U-Net", ``sec-unet``).
 
-Closed forms for one :class:`~ddpm_helpers.method.unet_layers.AttentionBlock` (Eqs. (6.8)
-(``eq-attention-params``) and (6.9) (``eq-attention-macs``)) and one
-:class:`~ddpm_helpers.method.unet_layers.ResidualBlock` (Eqs. (6.5) (``eq-res-params``) and (6.6)
+Closed forms for one :class:`~ddpm_helpers.method.unet_layers.AttentionBlock` (Eqs. (7.8)
+(``eq-attention-params``) and (7.9) (``eq-attention-macs``)) and one
+:class:`~ddpm_helpers.method.unet_layers.ResidualBlock` (Eqs. (7.5) (``eq-res-params``) and (7.6)
 (``eq-res-macs``)), :func:`macs_by_layer` for a whole network, and :func:`forward_flops`, the
 one count of a forward pass that the chapters "Scaling up" and "Running it faster" and
 ``benchmarks/bench_training.py`` use for their estimates. :mod:`ddpm_helpers.method.unet`
@@ -25,7 +25,7 @@ def attention_cost(tokens: int, channels: int, num_heads: int, key_dim: int) -> 
       the weighted sum of the values (softmax and normalisation are not counted).
 
     ``N`` is the number of tokens (pixels), ``C`` the channels, ``h`` the heads, ``d`` the key dim.
-    Chapter "The U-Net", Eqs. (6.8) (``eq-attention-params``) and (6.9) (``eq-attention-macs``).
+    Chapter "The U-Net", Eqs. (7.8) (``eq-attention-params``) and (7.9) (``eq-attention-macs``).
     """
     n, c, h, d = int(tokens), int(channels), int(num_heads), int(key_dim)
     projections = 4 * n * c * h * d
@@ -47,7 +47,7 @@ def residual_block_cost(tokens: int, in_channels: int, width: int, embedding_dim
       ``C_in C + C`` for the 1x1 shortcut when ``C_in != C``;
     - MACs: ``9 N C_in C + E C + 9 N C^2``, plus ``N C_in C`` for the shortcut.
 
-    Chapter "The U-Net", Eqs. (6.5) (``eq-res-params``) and (6.6) (``eq-res-macs``).
+    Chapter "The U-Net", Eqs. (7.5) (``eq-res-params``) and (7.6) (``eq-res-macs``).
     """
     n, c_in, c, e = int(tokens), int(in_channels), int(width), int(embedding_dim)
     projected = c_in != c

@@ -80,7 +80,7 @@ def predict_noise_from_x0(schedule, x_t, t, x0):
 def velocity(schedule, x0, t, noise):
     """The v-prediction target of Salimans & Ho (2022): v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0.
 
-    Chapter "Forward and reverse process", Eq. (2.33) (``eq-velocity``) (exercise).
+    Chapter "Forward and reverse process", Eq. (2.25) (``eq-velocity``) (exercise).
     """
     x0, noise = _as_float(x0), _as_float(noise)
     return at(schedule, "sqrt_alpha_bars", t, x0) * noise - at(schedule, "sqrt_one_minus_alpha_bars", t, x0) * x0
@@ -88,14 +88,14 @@ def velocity(schedule, x0, t, noise):
 
 def predict_x0_from_velocity(schedule, x_t, t, v):
     """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v. Chapter "Forward and reverse process",
-    Eq. (2.33) (``eq-velocity``)."""
+    Eq. (2.25) (``eq-velocity``)."""
     x_t, v = _as_float(x_t), _as_float(v)
     return at(schedule, "sqrt_alpha_bars", t, x_t) * x_t - at(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * v
 
 
 def predict_noise_from_velocity(schedule, x_t, t, v):
     """noise = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v. Chapter "Forward and reverse
-    process", Eq. (2.33) (``eq-velocity``)."""
+    process", Eq. (2.25) (``eq-velocity``)."""
     x_t, v = _as_float(x_t), _as_float(v)
     return at(schedule, "sqrt_one_minus_alpha_bars", t, x_t) * x_t + at(schedule, "sqrt_alpha_bars", t, x_t) * v
 
@@ -125,7 +125,7 @@ def diffusion_loss(name: str):
 
     ``"mse"``: mean of (noise - predicted)^2, the simple loss of Ho et al. (chapter "Forward and
     reverse process", Eq. (2.24) (``eq-simple-loss``)). ``"huber"``: Keras' Huber loss with
-    delta = 1, as the original CelebA tutorial (Eq. (2.32) (``eq-huber``)): 0.5 r^2 for
+    delta = 1, as the original CelebA tutorial (Eq. (3.8) (``eq-huber``)): 0.5 r^2 for
     ``|r| <= 1``, ``|r| - 0.5`` otherwise, averaged.
     """
     import keras
@@ -144,17 +144,17 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
     ``stds`` a number, (K,) (isotropic components) or (K, D) (one standard deviation per
     coordinate); ``weights`` (K,), default uniform. They are noised as in Eq. (2.5)
     (``eq-q-xt-x0``), ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps``, and the noised data
-    are again a mixture (Eq. (5.2) (``eq-mixture-score``)). Returns a dict with, for every row of
+    are again a mixture (Eq. (6.2) (``eq-mixture-score``)). Returns a dict with, for every row of
     ``x_t`` (N, D) and ``alpha_bar`` in (0, 1] (a number or (N,)):
 
     - ``"log_density"``: log q(x_t), shape (N,);
     - ``"score"``: grad log q(x_t), (N, D);
     - ``"x0_mean"``, ``"x0_var"``: E[x_0 | x_t] and Var[x_0 | x_t] per coordinate, (N, D);
     - ``"eps_mean"``: E[eps | x_t], from x0_mean (0 where alpha_bar = 1); it equals
-      -sqrt(1 - alpha_bar) score, Eq. (2.26) (``eq-eps-score``).
+      -sqrt(1 - alpha_bar) score, Eq. (3.2) (``eq-eps-score``).
 
-    Exact references for chapter "Forward and reverse process", Eqs. (2.25) (``eq-tweedie``),
-    (2.26) (``eq-eps-score``) and (2.31) (``eq-best-eps-error``), and for the 2-D data sets
+    Exact references for chapter "Forward and reverse process", Eqs. (3.1) (``eq-tweedie``),
+    (3.2) (``eq-eps-score``) and (3.7) (``eq-best-eps-error``), and for the 2-D data sets
     (:mod:`ddpm_helpers.playground.toy_score`).
     """
     import numpy as np

@@ -1,9 +1,9 @@
 """Noise predictors: what the samplers call (chapter "Sampling", ``sec-sampling``).
 
 The samplers never see a Keras model directly: they call a *noise predictor*
-``predict_noise(x, t, labels) -> eps`` (Eq. (8.1) (``eq-x0-hat``) turns its output into a guess of
+``predict_noise(x, t, labels) -> eps`` (Eq. (9.1) (``eq-x0-hat``) turns its output into a guess of
 x_0). :func:`as_noise_predictor` makes one from a Keras model or a plain function, and
-:func:`classifier_free_guidance` makes the guided one of chapter "Your turn" (Eq. (10.4)
+:func:`classifier_free_guidance` makes the guided one of chapter "Your turn" (Eq. (11.4)
 (``eq-cfg``)).
 
 A :class:`NoisePredictor` also says what its compiled sampling loops may be shared with:
@@ -83,7 +83,7 @@ def as_noise_predictor(model_or_fn) -> NoisePredictor:
     - A function ``fn(x, t)`` is wrapped (it must not be given labels); a function that
       takes ``(x, t, labels)`` is called with them. A NoisePredictor is returned as it is.
 
-    Chapter "Sampling", Eq. (8.1) (``eq-x0-hat``).
+    Chapter "Sampling", Eq. (9.1) (``eq-x0-hat``).
     """
     if isinstance(model_or_fn, NoisePredictor):
         return model_or_fn
@@ -116,7 +116,7 @@ def classifier_free_guidance(
     (one model call on a doubled batch): w = 0 is the unconditional model, w = 1 the conditional one, w > 1
     pushes samples towards their label. It plugs into both samplers (pass ``labels``). The scale
     is a tensor input of the compiled loops: sampling at a new scale traces nothing new.
-    Chapter "Your turn", Eq. (10.4) (``eq-cfg``).
+    Chapter "Your turn", Eq. (11.4) (``eq-cfg``).
     """
     import tensorflow as tf
 
@@ -147,7 +147,8 @@ def classifier_free_guidance(
             training=False,
         )
         eps_cond, eps_uncond = tf.split(eps, 2, axis=0)
-        return eps_uncond + w * (eps_cond - eps_uncond)  # Eq. (eq-cfg)
+        # Eq. (11.4) (``eq-cfg``)
+        return eps_uncond + w * (eps_cond - eps_uncond)
 
     scale = tf.constant(float(guidance_scale), tf.float32)
     return NoisePredictor(

@@ -111,7 +111,7 @@ def betas_from_alpha_bar(
     """Betas of a schedule defined by a continuous alpha_bar(u) on u in [0, 1].
 
     ``beta_t = min(1 - alpha_bar(t / T) / alpha_bar((t - 1) / T), max_beta)`` for t = 1..T
-    (chapter "Noise schedules", Eq. (3.3) (``eq-beta-from-alpha-bar``)); the clipping keeps the last
+    (chapter "Noise schedules", Eq. (4.3) (``eq-beta-from-alpha-bar``)); the clipping keeps the last
     steps, where alpha_bar(1) is 0, away from beta = 1 (Nichol & Dhariwal 2021).
     """
     timesteps = _check_timesteps(timesteps)
@@ -124,7 +124,7 @@ def betas_from_alpha_bar(
 def cosine_alpha_bar(u, s: float = 0.008) -> np.ndarray:
     """Cosine schedule, continuous form: f(u) / f(0) with f(u) = cos^2((u + s) / (1 + s) * pi / 2).
 
-    ``u = t / T`` in [0, 1]. Chapter "Noise schedules", Eq. (3.4) (``eq-cosine-alpha-bar``).
+    ``u = t / T`` in [0, 1]. Chapter "Noise schedules", Eq. (4.4) (``eq-cosine-alpha-bar``).
     """
     u = np.asarray(u, dtype=np.float64)
     f = np.cos((u + s) / (1.0 + s) * math.pi / 2.0) ** 2
@@ -137,7 +137,7 @@ def sigmoid_alpha_bar(u, start: float = -3.0, end: float = 3.0, tau: float = 1.0
 
     ``(sigmoid(end / tau) - sigmoid((u (end - start) + start) / tau)) /
     (sigmoid(end / tau) - sigmoid(start / tau))``. Chapter "Noise schedules",
-    Eq. (3.5) (``eq-sigmoid-alpha-bar``).
+    Eq. (4.5) (``eq-sigmoid-alpha-bar``).
     """
     u = np.asarray(u, dtype=np.float64)
 
@@ -152,13 +152,13 @@ def make_betas(name: str, timesteps: int, **params) -> np.ndarray:
     """The T betas (float64, ``betas[i]`` is beta_{i+1}) of a named schedule.
 
     - ``"linear"``: evenly spaced from ``beta_start`` (1e-4) to ``beta_end`` (0.02), as DDPM
-      (chapter "Noise schedules", Eq. (3.1) (``eq-linear-betas``)).
-    - ``"quadratic"``: evenly spaced in sqrt(beta) between the same end points (Eq. (3.2)
+      (chapter "Noise schedules", Eq. (4.1) (``eq-linear-betas``)).
+    - ``"quadratic"``: evenly spaced in sqrt(beta) between the same end points (Eq. (4.2)
       (``eq-quadratic-betas``)).
     - ``"cosine"``: Nichol & Dhariwal's alpha_bar with offset ``s`` (0.008), betas clipped at
-      ``max_beta`` (0.999) (Eq. (3.4) (``eq-cosine-alpha-bar``)).
+      ``max_beta`` (0.999) (Eq. (4.4) (``eq-cosine-alpha-bar``)).
     - ``"sigmoid"``: alpha_bar from a sigmoid between ``start`` (-3) and ``end`` (3) with temperature
-      ``tau`` (1), betas clipped at ``max_beta`` (Eq. (3.5) (``eq-sigmoid-alpha-bar``)).
+      ``tau`` (1), betas clipped at ``max_beta`` (Eq. (4.5) (``eq-sigmoid-alpha-bar``)).
 
     Raises ``ValueError`` for an unknown name (listing the valid ones), T < 2, unknown or
     out-of-range parameters, and beta_end <= beta_start.
@@ -207,7 +207,7 @@ class NoiseSchedule:
       first entry (which is 0) replaced by the second, ``posterior_log_variance_clipped``, and the
       posterior mean coefficients ``posterior_mean_coef1`` (of x_0) and ``posterior_mean_coef2``
       (of x_t) (Eq. (2.9) (``eq-posterior-mean``)),
-    - ``snr = alpha_bar / (1 - alpha_bar)`` and ``log_snr`` (chapter "Noise schedules", Eq. (3.7)
+    - ``snr = alpha_bar / (1 - alpha_bar)`` and ``log_snr`` (chapter "Noise schedules", Eq. (4.7)
       (``eq-snr``)).
 
     ``gather(name, t)`` returns float32 TensorFlow values for a batch of time indices.

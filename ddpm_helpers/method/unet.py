@@ -18,11 +18,11 @@ The building blocks (in :mod:`ddpm_helpers.method.unet_layers`, importable from 
 serialisable Keras layer built only from Keras layers and ``keras.ops``:
 
 - :class:`.SinusoidalTimeEmbedding`: t -> sines and cosines of t at geometric frequencies
-  (Eq. (6.1) (``eq-time-embedding``)), as in the Transformer and DDPM.
+  (Eq. (7.1) (``eq-time-embedding``)), as in the Transformer and DDPM.
 - :class:`.ResidualBlock`: GroupNorm, SiLU, 3x3 convolution, plus the time embedding, twice, and a
-  shortcut (Eq. (6.4) (``eq-res-block``)).
+  shortcut (Eq. (7.4) (``eq-res-block``)).
 - :class:`.AttentionBlock`: multi-head self-attention over all pixels, added to its input
-  (Eq. (6.7) (``eq-attention-block``)).
+  (Eq. (7.7) (``eq-attention-block``)).
 
 The architecture follows the original CelebA tutorial's model (widths 32/64/128/256, two residual blocks per
 level, attention at 16x16 and in the bottleneck for the ``seed`` profile); the chapter lists

@@ -1,7 +1,7 @@
 """The U-Net's building blocks as Keras layers (chapter "The U-Net", ``sec-unet``).
 
-:class:`SinusoidalTimeEmbedding` (Eq. (6.1) (``eq-time-embedding``)), :class:`ResidualBlock`
-(Eq. (6.4) (``eq-res-block``)) and :class:`AttentionBlock` (Eq. (6.7) (``eq-attention-block``)),
+:class:`SinusoidalTimeEmbedding` (Eq. (7.1) (``eq-time-embedding``)), :class:`ResidualBlock`
+(Eq. (7.4) (``eq-res-block``)) and :class:`AttentionBlock` (Eq. (7.7) (``eq-attention-block``)),
 registered for ``.keras`` files under the package's name;
 :func:`ddpm_helpers.method.unet.build_unet` assembles them.
 """
@@ -25,7 +25,7 @@ def sinusoidal_frequencies(dim: int, max_period: float = 10_000.0):
     """The ``dim // 2`` angular frequencies ``omega_i = max_period ** (-i / (dim/2 - 1))`` (NumPy, float64).
 
     They run geometrically from 1 (one radian per step) down to ``1 / max_period``.
-    Chapter "The U-Net", Eq. (6.1) (``eq-time-embedding``).
+    Chapter "The U-Net", Eq. (7.1) (``eq-time-embedding``).
     """
     import numpy as np
 
@@ -51,7 +51,7 @@ class SinusoidalTimeEmbedding(layers.Layer):
     """Embed integer time steps ``t`` (shape (B,)) as ``[sin(t * omega), cos(t * omega)]`` (shape (B, dim)).
 
     ``omega`` are :func:`sinusoidal_frequencies`. The layer has no weights; the U-Net passes its
-    output through a two-layer MLP. Chapter "The U-Net", Eq. (6.1) (``eq-time-embedding``).
+    output through a two-layer MLP. Chapter "The U-Net", Eq. (7.1) (``eq-time-embedding``).
     """
 
     def __init__(self, dim: int, max_period: float = 10_000.0, **kwargs):
@@ -94,7 +94,7 @@ class ResidualBlock(layers.Layer):
     - The shortcut is the identity when ``C_in == width``, else a 1x1 convolution.
     - GroupNorm with ``groups`` groups needs ``C_in`` and ``width`` divisible by ``groups``.
 
-    Chapter "The U-Net", Eq. (6.4) (``eq-res-block``).
+    Chapter "The U-Net", Eq. (7.4) (``eq-res-block``).
     """
 
     def __init__(self, width: int, groups: int, **kwargs):
@@ -149,7 +149,7 @@ class AttentionBlock(layers.Layer):
 
     The (H, W) grid is flattened to a sequence of N = H*W tokens of C channels; ``num_heads``
     heads of size ``key_dim`` each (Keras' ``MultiHeadAttention``), whose output is projected back
-    to C channels and added to the input. Chapter "The U-Net", Eq. (6.7) (``eq-attention-block``).
+    to C channels and added to the input. Chapter "The U-Net", Eq. (7.7) (``eq-attention-block``).
     """
 
     def __init__(self, num_heads: int, key_dim: int, groups: int, **kwargs):

@@ -38,7 +38,7 @@ class CheckLog:
             f"{equation}: {what}: {value:.3g} is not {relation} {bound:.3g}")
         self.records.append((equation, what, value, relation, bound))
         symbol = "\u2264" if relation == "<=" else "\u2265"
-        print(f"\u2713 {equation}: {what}: {value:.2e} {symbol} {bound:.2e}")
+        print(f"\u2713 {what}: {value:.2e} {symbol} {bound:.2e}")
 
     def claim(self, what: str, condition: bool, detail: str = "") -> None:
         """Assert a statement the prose makes about a computed result (e.g. "A beats B").
@@ -49,7 +49,7 @@ class CheckLog:
             f"The text says: {what}; but the build measured: {detail or 'otherwise'}. "
             "Re-read the sentence against this output.")
         self.records.append(("text", what, 1.0, "==", 1.0))
-        print(f"\u2713 text: {what}" + (f" ({detail})" if detail else ""))
+        print(f"\u2713 {what}" + (f" ({detail})" if detail else ""))
 
     def __len__(self) -> int:
         return len(self.records)

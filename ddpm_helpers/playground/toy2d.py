@@ -13,7 +13,7 @@ samplers of :mod:`ddpm_helpers.engine.sampling`) on points ``x`` of shape (B, 2)
 - the sizes of the 2-D experiments and their training loop are in
   :mod:`ddpm_helpers.playground.toy_training` (:func:`.toy_settings`, :func:`.train_toy`);
 - :func:`.sliced_wasserstein`, :func:`.evaluate_toy`: the quality metric and its data-vs-data floor
-  (Eq. (5.3) (``eq-sliced-wasserstein``)), from :mod:`ddpm_helpers.playground.toy_data`;
+  (Eq. (6.3) (``eq-sliced-wasserstein``)), from :mod:`ddpm_helpers.playground.toy_data`;
 - :func:`clipped_noise_predictor` and :func:`cloud_animation`: sampling points, and watching them.
 """
 

@@ -2,7 +2,7 @@
 
 - :func:`make_toy_data`: three data sets generated in code (no download), with class labels on
   request (:func:`nearest_gaussian` classifies the eight Gaussians);
-- :func:`sliced_wasserstein` (Eq. (5.3) (``eq-sliced-wasserstein``)) and :func:`evaluate_toy`: the
+- :func:`sliced_wasserstein` (Eq. (6.3) (``eq-sliced-wasserstein``)) and :func:`evaluate_toy`: the
   quality metric of the 2-D chapter and its data-vs-data floor.
 
 :mod:`ddpm_helpers.playground.toy2d` re-exports all of them.
@@ -99,7 +99,7 @@ def sliced_wasserstein(a, b, num_projections: int = 256, seed: int = 0) -> float
     ``SW_2(a, b)^2`` is the mean over random unit directions ``u`` of ``W_2^2`` between the 1-D
     projections ``a u`` and ``b u``; in one dimension optimal transport pairs the sorted points,
     so ``W_2^2`` there is the mean squared difference of the sorted projections. Chapter
-    "Diffusion in two dimensions", Eq. (5.3) (``eq-sliced-wasserstein``). The directions
+    "Diffusion in two dimensions", Eq. (6.3) (``eq-sliced-wasserstein``). The directions
     (:func:`projection_directions`) depend only on ``seed``, so the same ``seed`` gives
     comparable numbers.
     """

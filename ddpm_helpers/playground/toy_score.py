@@ -1,6 +1,6 @@
 """The exact score of the 2-D data sets, to check what a trained denoiser has learned.
 
-Chapter "Diffusion in two dimensions" (``sec-diffusion-2d``, Eq. (5.2) (``eq-mixture-score``)).
+Chapter "Diffusion in two dimensions" (``sec-diffusion-2d``, Eq. (6.2) (``eq-mixture-score``)).
 
 Every data set of :func:`ddpm_helpers.playground.toy_data.make_toy_data` is a Gaussian mixture: the
 eight Gaussians exactly, the two moons and the swiss roll as a continuous mixture over a curve (a
@@ -83,7 +83,7 @@ def mixture_log_density(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:
 
 
 def mixture_score(x, alpha_bar, mixture: ToyMixture) -> np.ndarray:
-    """grad log q_t(x) (n, 2) of the noised mixture, Eq. (5.2) (``eq-mixture-score``)."""
+    """grad log q_t(x) (n, 2) of the noised mixture, Eq. (6.2) (``eq-mixture-score``)."""
     return _posterior(x, alpha_bar, mixture)["score"]
 
 
