@@ -19,7 +19,6 @@ one that ran straight through.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -397,12 +396,11 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
                 resume = found is not None
             else:
                 run = load_run(run_dir)
-                speed = f", {run.steps_per_second:.1f} steps/s" if math.isfinite(run.steps_per_second) else ""
-                print(f"Loaded {run_dir}: {run.step} steps, trained in {run.train_seconds:.0f} s{speed}.")
+                print(f"Loaded the trained model {run_dir.name!r} ({run.step:,} steps).")
                 return run
         if reason is not None:
             move_aside(run_dir, reason)
         elif not resume:
-            print(f"Training: no run in {run_dir}.")
+            print(f"Training {run_dir.name!r} (no trained run of it yet).")
         kwargs = {k: v for k, v in train_kwargs.items() if k != "resume"}
         return train(profile, run_dir, resume=resume, **kwargs)

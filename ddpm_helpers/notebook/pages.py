@@ -97,7 +97,9 @@ def glue(name: str, value, fmt: str | None = None) -> None:
 
 
 class ProgressBar:
-    """``keras.utils.Progbar`` in notebooks and terminals; one summary line in a book build.
+    """``keras.utils.Progbar`` in notebooks and terminals. In a book build, nothing on the pages
+    (a timing line would be the build machine's, not the reader's) and one summary line in a
+    terminal (the log of ``make book``).
 
     ``update(current, values)`` as for a Progbar; ``values`` is a list of ``(name, number)``.
     ``enabled=False`` shows nothing at all.
@@ -139,7 +141,7 @@ class ProgressBar:
         if not self.enabled or self.closed:
             return
         self.closed = True
-        if self.quiet:
+        if self.quiet and "ipykernel" not in sys.modules:  # a terminal, not a page
             seconds = time.perf_counter() - self.began
             extra = "".join(f", {name} {value:.4g}" for name, value in self.values)
             label = f"{self.label}: " if self.label else ""
