@@ -32,8 +32,9 @@ PRETRAIN = "(train the shared model)"
 # machine: about 110 s in all, while the model trains for about 200 s), then "Your turn" (about
 # 100 s of 2-D exercises before it needs the model), then the pages that load the model; pages not
 # listed run last.
-ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "03b_ddpm_on_one_screen",
-         "05_unet", "09_your_turn", "07_sampling", "06_training", "08_evaluation", "index")
+ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "02b_score_view",
+         "03b_ddpm_on_one_screen", "05_unet", "09_your_turn", "07_sampling", "06_training",
+         "08_evaluation", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:
