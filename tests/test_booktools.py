@@ -124,6 +124,26 @@ def test_progress_bar_prints_one_summary_line_in_a_book_build(monkeypatch, capsy
     assert "loss 0.5" in lines[0]
 
 
+def test_on_a_page_of_the_build_progress_and_cache_messages_stay_off(monkeypatch, capsys):
+    """In a notebook kernel of a book build the page shows no progress line (nor the messages
+    with this machine's paths and timings that check on_page()); outside a build it does."""
+    import IPython
+
+    class ZMQInteractiveShell:  # what get_ipython() returns in a Jupyter kernel
+        pass
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setenv(pages.BOOK_BUILD_ENV_VAR, "1")
+    assert pages.on_page()
+    bar = pages.ProgressBar(3, label="training")
+    for step in range(1, 4):
+        bar.update(step, [("loss", 0.5)])
+    bar.close()
+    assert capsys.readouterr().out == ""
+    monkeypatch.delenv(pages.BOOK_BUILD_ENV_VAR)
+    assert not pages.on_page()
+
+
 def test_glue_returns_nothing_so_a_cell_echoes_no_number():
     assert pages.glue("tiny_test_value", 0.123456, ".2f") is None
 

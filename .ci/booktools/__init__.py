@@ -76,15 +76,14 @@ def colab_cell_source(url: str, branch: str) -> str:
             "    else:",
             "        subprocess.run([*pip, package], check=True)",
             "",
-            "# Start TensorFlow here, in a cell the rendered page hides, so that its",
-            "# C++ start-up log (which ignores TF_CPP_MIN_LOG_LEVEL since TF 2.21)",
-            "# does not clutter the chapter; and use the book's plot style.",
+            "# Start TensorFlow first, so that its start-up messages appear here",
+            "# rather than in the middle of the chapter; use the book's plot style.",
             "import tensorflow  # noqa: E402",
             "",
             "from ddpm_helpers.notebook.plotting import use_book_style  # noqa: E402",
             "",
             "use_book_style()",
-            "tensorflow.config.list_logical_devices()",
+            "_ = tensorflow.config.list_logical_devices()",
         ]
     )
 

@@ -599,8 +599,7 @@ class NotebookWriter:
                  f'PROFILE = "{PUBLISHED_PROFILE}"  #@param {json.dumps(profile_names())}',
                  "import os", "", 'os.environ["DDPM_PROFILE"] = PROFILE']
         if tail:
-            lines += ["", "# The page's own set-up: start TensorFlow, the book's plot style.",
-                      tail]
+            lines += ["", tail]
         return "\n".join(lines)
 
 
@@ -667,7 +666,7 @@ def cell_title(source: str, tags=()) -> str:
     try:
         tree = ast.parse(source)
     except SyntaxError:
-        return "Code the page folds"
+        return "Supporting code"
     checks = [node.args[0].value for node in ast.walk(tree)
               if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
               and ast.unparse(node.func) in ("check", "check.claim") and node.args
@@ -682,13 +681,9 @@ def cell_title(source: str, tags=()) -> str:
         return "Numbers for the text"
     if any(c.endswith(("subplots", "figure", "show_image_grid", "imshow", "plot")) for c in calls):
         return "Code of the figure"
-    if "remove-input" in tags:
-        return "Code of the output below (the page shows only the output)"
-    if "hide-input" in tags:
+    if "remove-input" in tags or "hide-input" in tags:
         return "Code of the output below"
-    if "remove-cell" in tags:
-        return "Code the page runs without showing it"
-    return "Code the page folds"
+    return "Supporting code"
 
 
 # --- the settings text ------------------------------------------------------------------------
@@ -716,13 +711,20 @@ def chapter_costs() -> dict:
         return {}
     record = json.loads(records[-1].read_text())
     chapters = record.get("chapters", {})
-    shared = None
-    for chapter in chapters.values():
-        for message in chapter.get("training_messages", []):
-            found = re.search(r"trained in (\d+) s", message)
-            if found:
-                shared = float(found.group(1))
+    # the chapter that trained the shared model took about as long as training it
+    shared = max((c["seconds"] for c in chapters.values()
+                  if PUBLISHED_PROFILE in c.get("trained_runs", [])), default=None)
     return {"chapters": chapters, "shared_seconds": shared, "date": record.get("date", "")[:10]}
+
+
+# How the settings cell describes each profile to a reader.
+PROFILE_WORDS = {
+    "smoke": "a tiny model that only checks that every cell runs (its results mean nothing)",
+    "default": "8x8 handwritten digits and a small U-Net, sized for a CPU",
+    "celeba": ("the original CelebA tutorial's 32x32 colour faces and full U-Net; it needs a GPU "
+               "runtime and the CelebA images, prepared as the chapter \"Scaling up\" shows "
+               "(without them, the first cell that loads data stops and says what to do)"),
+}
 
 
 def settings_text(docname: str, text: str, site: str) -> str:
@@ -738,7 +740,7 @@ def settings_text(docname: str, text: str, site: str) -> str:
                       "runtime load it from `runs/`)")
     if re.search(r"load_or_train\(\s*\n?\s*profile\.replace|cond_run = training\.load_or_train",
                  text):
-        trains.append("a class-conditional model as large as the shared one")
+        trains.append("a class-conditional model, started from the shared one")
     if "train_toy(" in text:
         trains.append("small models on two-dimensional data")
     if "load_or_train_classifier(" in text:
@@ -747,13 +749,12 @@ def settings_text(docname: str, text: str, site: str) -> str:
     if (seconds is not None and uses_shared
             and PUBLISHED_PROFILE not in chapter.get("trained_runs", [])):
         seconds += costs.get("shared_seconds") or 0
-    default = get_profile(PUBLISHED_PROFILE)
     parts = [
         "## Settings",
         (f"This is the Colab edition of [the page]({site}{docname}.html), generated from it. "
-         f"It runs the **`{PUBLISHED_PROFILE}`** profile, the one the published book ran: "
-         f"{default.description.rstrip('.')}. The numbers in the text are that build's: with "
-         "another profile, what the cells print will differ from them."),
+         f"It runs the **`{PUBLISHED_PROFILE}`** profile, as the published book does: "
+         f"{PROFILE_WORDS[PUBLISHED_PROFILE]}. The numbers in the text are the published "
+         "book's: with another profile, what the cells print will differ from them."),
         ("This chapter trains " + "; ".join(trains) + "." if trains
          else "This chapter trains no model."),
     ]
@@ -763,11 +764,11 @@ def settings_text(docname: str, text: str, site: str) -> str:
             f"Colab's CPU runtime (measured for the book on {costs['date']}, `make bench-book`"
             + (", training included" if trains else "") + "). A GPU runtime was not measured; "
             "the models are small enough that it is not needed.")
-    others = "; ".join(f"`{name}` ({get_profile(name).description.rstrip('.')})"
+    others = "; ".join(f"`{name}`, {PROFILE_WORDS.get(name, get_profile(name).description)}"
                        for name in profile_names() if name != PUBLISHED_PROFILE)
     parts.append(
         "To change the profile, pick it in the cell below and run the notebook from there "
-        f"(Runtime > Run all). The others: {others}.")
+        f"(Runtime, Run all). The others: {others}.")
     from booktools import COLAB_TPU_TENSORFLOW
 
     parts.append(

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_helpers.notebook.pages import on_page
+
 SAMPLES_FOLDER = "samples"
 
 
@@ -86,7 +88,9 @@ def cached_samples(run, num_images: int, *, sampler: str = "ddpm", steps: int | 
     They are stored in ``run.run_dir/samples/`` under a name made of the sampler settings and a
     hash of the EMA weights, so the chapters "Sampling" and "Evaluation" draw them once per
     trained model (``refresh=True`` draws them again; a request for ``snapshots`` that the stored
-    file lacks does too). ``seconds`` is the wall time measured when they were drawn;
+    file lacks does too), saying which unless ``verbose=False`` (never on a page of the book
+    build: :func:`ddpm_helpers.notebook.pages.on_page`). ``seconds`` is the wall time measured
+    when they were drawn;
     ``info`` says when, on which machine, and where the file is. Samples holding NaN raise
     ``ValueError``. Returns a :class:`~ddpm_helpers.engine.sampling.SampleResult`. Chapter "Sampling".
     """
@@ -111,7 +115,7 @@ def cached_samples(run, num_images: int, *, sampler: str = "ddpm", steps: int | 
     if path.exists() and not refresh:
         result = _read_cached(path, snapshots)
         if result is not None:
-            if verbose:
+            if verbose and not on_page():
                 print(f"Loaded {what} from {path} (drawn {result.info['drawn_at']} in {result.seconds:.1f} s).")
             return result
     image_shape = (run.profile.image_size, run.profile.image_size, run.profile.channels)
@@ -132,7 +136,7 @@ def cached_samples(run, num_images: int, *, sampler: str = "ddpm", steps: int | 
     partial = path.with_name(path.stem + ".partial.npz")
     np.savez_compressed(partial, **arrays)
     os.replace(partial, path)
-    if verbose:
+    if verbose and not on_page():
         print(f"Drew {what} in {result.seconds:.1f} s (+{result.trace_seconds:.1f} s tracing); saved to {path}.")
     return result
 

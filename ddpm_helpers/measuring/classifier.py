@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_helpers.notebook.pages import on_page
+
 CONFIDENCE_THRESHOLD = 0.9
 FEATURE_DIM = 64
 CLASSIFIER_EPOCHS = 20
@@ -159,7 +161,7 @@ def load_or_train_classifier(data: str = "digits", image_size: int = 8, channels
         model = build_classifier(train_x.shape[1:], num_classes, FEATURE_DIM, seed)
         model.load_weights(weights)
         info = json.loads(info_file.read_text())
-        if verbose:
+        if verbose and not on_page():
             print(f"Loaded the feature classifier from {folder} (held-out accuracy {info['accuracy']:.3f}).")
     else:
         began = time.perf_counter()
@@ -175,7 +177,7 @@ def load_or_train_classifier(data: str = "digits", image_size: int = 8, channels
         info["accuracy"] = float(np.mean(probabilities.argmax(1) == held_y))
         info["confident_share"] = float(np.mean(probabilities.max(1) > CONFIDENCE_THRESHOLD))
         info_file.write_text(json.dumps(info, indent=1))
-        if verbose:
+        if verbose and not on_page():
             print(f"Trained the feature classifier on {len(train_x)} real training images in "
                   f"{info['train_seconds']:.1f} s: held-out accuracy {info['accuracy']:.3f}; saved to {folder}.")
     return Classifier(model=model, feature_model=_feature_model(model), num_classes=num_classes,

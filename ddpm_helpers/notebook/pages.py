@@ -30,6 +30,14 @@ def is_book_build() -> bool:
     return os.environ.get(BOOK_BUILD_ENV_VAR, "").strip() not in ("", "0")
 
 
+def on_page() -> bool:
+    """True while a page of the book is executed for the site (a book build, in a notebook
+    kernel): messages with this machine's paths and timings stay off the page."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return is_book_build() and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def source_lines(obj, *, start: str | None = None, stop: str | None = None, until: str | None = None) -> str:
     """The source of ``obj`` without its docstring; from the first line containing ``start``
     (default: the top) to the line containing ``stop`` (included), or up to the line containing
@@ -141,7 +149,7 @@ class ProgressBar:
         if not self.enabled or self.closed:
             return
         self.closed = True
-        if self.quiet and "ipykernel" not in sys.modules:  # a terminal, not a page
+        if self.quiet and not on_page():  # a terminal: the log of make book
             seconds = time.perf_counter() - self.began
             extra = "".join(f", {name} {value:.4g}" for name, value in self.values)
             label = f"{self.label}: " if self.label else ""
