@@ -276,3 +276,22 @@ def test_long_figure_captions_are_rewrapped_within_the_width(tmp_path):
 
     cell = [c for c in jupytext.read(page).cells if c.cell_type == "code"][-1]
     assert cell.metadata["mystnb"]["figure"]["caption"] == caption
+
+
+def test_visible_machinery_is_found_where_the_reader_sees_code():
+    import nbformat
+
+    def cell(source, *tags):
+        return nbformat.v4.new_code_cell(source, metadata={"tags": list(tags)} if tags else {})
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        cell("glue('setup', 1)"),  # the Colab install cell: never counted
+        cell("x = 1\nglue('x', x)"),
+        cell("glue('y', 2)", "remove-cell"),
+        cell("assert x == 1", "hide-cell"),
+        cell("run = train(profile, progress=False)"),
+        cell("print(x)\nassert x == 1", "hide-output"),  # its code is on the page
+        cell("os.environ['DDPM_PROFILE']", "hide-input"),
+    ])
+    assert booktools.visible_machinery(notebook) == [
+        "cell 1: glue(", "cell 4: progress=False", "cell 5: assert"]

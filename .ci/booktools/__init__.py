@@ -221,6 +221,8 @@ def long_lines(notebook) -> list[str]:
 
 CHECK_CALL = re.compile(r"^\s*check(\.claim)?\(", re.M)
 FOLDED_TAGS = {"hide-cell", "hide-output", "remove-output", "remove-cell"}
+# Cells whose code the page folds or leaves out (a hide-output cell shows its code).
+CODE_HIDDEN_TAGS = {"hide-cell", "remove-cell", "hide-input", "remove-input"}
 
 
 def unfolded_checks(notebook) -> list[str]:
@@ -236,6 +238,24 @@ def unfolded_checks(notebook) -> list[str]:
         if not in_solution and CHECK_CALL.search(cell.source) and not tags & FOLDED_TAGS:
             first = cell.source.strip().splitlines()[0]
             found.append(f"cell {index}: {first[:50]}")
+    return found
+
+
+# What a reader's page must not show: the build's own calls and flags (glue fills the prose,
+# on_page() quiets progress and paths, so none of these is needed in a visible cell).
+MACHINERY = re.compile(r"\bglue\(|\bis_book_build\b|\bredirect_stdout\b|\bDDPM_[A-Z_]+\b|"
+                       r"^\s*assert\b|\b(?:verbose|progress)=False\b", re.M)
+
+
+def visible_machinery(notebook) -> list[str]:
+    """Code cells a reader sees (not folded or removed) that hold book machinery."""
+    found = []
+    for index, cell in enumerate(notebook.cells):
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell.cell_type == "code" and not tags & CODE_HIDDEN_TAGS and index > 0:
+            hit = MACHINERY.search(cell.source)
+            if hit:
+                found.append(f"cell {index}: {hit.group(0).strip()}")
     return found
 
 
@@ -259,6 +279,9 @@ def check(root: Path) -> list[str]:
         paired = nbformat.read(ipynb, as_version=4)
         if any(c.get("outputs") for c in paired.cells if c.cell_type == "code"):
             problems.append(f"{ipynb.relative_to(root)}: has stored outputs (commit it without)")
+        for where in visible_machinery(text):
+            problems.append(f"{name}: a cell the reader sees holds book machinery ({where}); move "
+                            "it to a cell tagged remove-cell, or drop it")
         for where in unfolded_checks(text):
             problems.append(f"{name}: a check is shown unfolded ({where}); move it to a "
                             "cell tagged hide-cell")
