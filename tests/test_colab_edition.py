@@ -307,3 +307,13 @@ def test_builder_writes_a_notebook_that_reads_like_the_page(tmp_path):
     assert hidden["metadata"]["cellView"] == "form"
     assert sources.index(hidden["source"]) < next(
         i for i, s in enumerate(sources) if "plt.plot" in s)
+
+
+def test_a_folded_cell_is_titled_by_the_first_sentence_of_its_comment():
+    source = ("# A batch of digits noised to random steps, and a noise prediction with\n"
+              "# an error of 0.3 per pixel. More detail here.\nx = 1\n")
+    assert colab.cell_title(source) == (
+        "A batch of digits noised to random steps, and a noise prediction with an error of 0.3 "
+        "per pixel")
+    assert colab.cell_title("# Gaussian data x_0 ~ N(0, s^2): q(x_t) is Gaussian\nx = 1") == (
+        "Gaussian data x_0 ~ N(0, s^2)")

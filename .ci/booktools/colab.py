@@ -661,8 +661,13 @@ def page_setup_lines(source: str) -> str:
 def cell_title(source: str, tags=()) -> str:
     """A form title for a folded cell: its first comment, what it checks, or what it does."""
     lines = [line.strip() for line in source.strip().splitlines()]
-    if lines and lines[0].startswith("#") and not lines[0].startswith("#@"):
-        return lines[0].lstrip("# ").rstrip(".")
+    comment = []
+    for line in lines:  # a leading comment, however many lines it spans: its first sentence
+        if not line.startswith("#") or line.startswith("#@"):
+            break
+        comment.append(line.lstrip("# "))
+    if comment:
+        return re.split(r"(?<=[.:;])\s", " ".join(comment), maxsplit=1)[0].rstrip(".:;")
     try:
         tree = ast.parse(source)
     except SyntaxError:
