@@ -123,3 +123,28 @@ def test_bad_input_is_named():
         intervals.mean_interval([1.0])
     with pytest.raises(ValueError, match="level"):
         intervals.proportion_interval(1, 2, level=1.5)
+
+
+class _StubEvaluator:
+    """What fd_ratio_interval and fd_ratio_difference use of an Evaluator: pixels as features."""
+
+    def __init__(self, reference):
+        flat = reference.reshape(len(reference), -1)
+        self.held_out_stats = (flat.mean(0), np.cov(flat, rowvar=False))
+        self.classifier = type("Features", (), {"features": staticmethod(
+            lambda x: np.asarray(x, np.float64).reshape(len(x), -1))})()
+
+    def references(self, n):
+        return np.full(3, 2.0), None
+
+
+def test_fd_ratio_difference_is_the_difference_of_the_two_scores():
+    rng = np.random.default_rng(2)
+    evaluator = _StubEvaluator(np.tanh(rng.normal(size=(400, 2, 2, 1))))
+    a = np.tanh(rng.normal(size=(64, 2, 2, 1)))
+    b = np.tanh(a + 0.3 * rng.normal(size=a.shape))  # paired with a
+    d = intervals.fd_ratio_difference(evaluator, a, b)
+    single = [intervals.fd_ratio_interval(evaluator, x).value for x in (a, b)]
+    assert d.value == pytest.approx(single[0] - single[1])
+    same = intervals.fd_ratio_difference(evaluator, a, a)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)

@@ -197,16 +197,9 @@ def fd_ratio_difference(evaluator, images_a, images_b, *, groups: int = 16,
                         level: float = DEFAULT_LEVEL) -> Interval:
     """FD / floor of ``images_a`` minus that of ``images_b``, paired image by image (samples drawn
     from the same starting noise), with the paired jackknife of :func:`paired_difference`."""
-    from ddpm_helpers.measuring import metrics
-
-    features = [evaluator.classifier.features(metrics.quantize(x)) for x in (images_a, images_b)]
-    floors, _ = evaluator.references(len(features[0]))
-
-    def fd(rows):
-        return metrics.frechet_distance(*metrics.feature_statistics(rows), *evaluator.held_out_stats)
-
-    interval = paired_difference(fd, *features, groups=groups, level=level)
-    return interval.scaled(1.0 / float(np.mean(floors)))
+    fd, floor = _fd_of_features(evaluator, len(images_a))
+    features = [_features(evaluator, images) for images in (images_a, images_b)]
+    return paired_difference(fd, *features, groups=groups, level=level).scaled(1.0 / floor)
 
 
 def fd_ratio_interval(evaluator, images, *, groups: int = 16,
@@ -217,17 +210,28 @@ def fd_ratio_interval(evaluator, images, *, groups: int = 16,
     the floor is the mean floor at the full ``n`` (a fixed yardstick, common to every sampler
     scored at that ``n``).
     """
+    fd, floor = _fd_of_features(evaluator, len(images))
+    return jackknife_interval(fd, _features(evaluator, images), groups=groups,
+                              level=level).scaled(1.0 / floor)
+
+
+def _features(evaluator, images):
     from ddpm_helpers.measuring import metrics
 
-    features = evaluator.classifier.features(metrics.quantize(images))
-    floors, _ = evaluator.references(len(features))
+    return evaluator.classifier.features(metrics.quantize(images))
+
+
+def _fd_of_features(evaluator, n: int):
+    """``(fd, floor)``: the FD of a set of features to the held-out digits, and the mean floor at
+    ``n`` images that FD / floor divides by."""
+    from ddpm_helpers.measuring import metrics
+
+    floors, _ = evaluator.references(n)
 
     def fd(rows):
-        return metrics.frechet_distance(*metrics.feature_statistics(rows),
-                                        *evaluator.held_out_stats)
+        return metrics.frechet_distance(*metrics.feature_statistics(rows), *evaluator.held_out_stats)
 
-    interval = jackknife_interval(fd, features, groups=groups, level=level)
-    return interval.scaled(1.0 / float(np.mean(floors)))
+    return fd, float(np.mean(floors))
 
 
 def confident_interval(classifier, images, level: float = DEFAULT_LEVEL) -> Interval:
