@@ -54,7 +54,7 @@ def rf_time(alpha, sigma):
 def denoiser_from_velocity(predict_velocity, steps: int, *, x0_limit: float | None = None):
     """``denoise(y, sigma)`` for a velocity network on ``steps`` time levels, for the solvers of
     :mod:`ddpm_helpers.method.solvers`: r = sigma / (1 + sigma), z = (1 - r) y and
-    x_0 = z - r u (Eq. (13.5) solved for x_0), clipped to [-x0_limit, x0_limit] unless None.
+    x_0 = z - r u (Eq. (13.5) (``eq-rf-path``) solved for x_0), clipped to [-x0_limit, x0_limit] unless None.
     ``sigma`` must be one of :func:`flow_sigmas`."""
     import tensorflow as tf
 

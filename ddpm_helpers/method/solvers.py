@@ -54,7 +54,7 @@ def euler(denoise, y, sigmas):
 
 def heun(denoise, y, sigmas):
     """Heun's method (Karras et al. 2022, Algorithm 1 without noise): an Euler step, then the mean
-    of the slopes at both ends; the step to sigma = 0 stays an Euler step. Eq. (14.1)."""
+    of the slopes at both ends; the step to sigma = 0 stays an Euler step. Eq. (14.1) (``eq-pf-ode-sigma``)."""
     sigmas = [float(s) for s in sigmas]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         slope = (y - denoise(y, s)) / s
@@ -106,7 +106,7 @@ def nearest_schedule_sigmas(schedule, wanted) -> np.ndarray:
 
 def denoiser_from_noise_predictor(predict_noise, schedule, *, x0_limit: float | None = 1.0):
     """``denoise(y, sigma)`` for a noise predictor trained on ``schedule``; ``sigma`` must be one of
-    the schedule's sigmas. x = alpha y (Eq. (14.1)), then x_0 = y - sigma eps, clipped to
+    the schedule's sigmas. x = alpha y (Eq. (14.1) (``eq-pf-ode-sigma``)), then x_0 = y - sigma eps, clipped to
     [-x0_limit, x0_limit] (the pixel range, as the book's DDPM and DDIM do; None: not clipped)."""
     import tensorflow as tf
 

@@ -53,8 +53,9 @@ def to_target(target: str, x0, x, alpha, sigma):
 
 
 def x0_error_weight(target: str, snr):
-    """w(SNR) with |target error|^2 = w |x_0 error|^2 at a fixed x: Eq. (13.2)
-    (``eq-target-weights``). ``snr = alpha^2 / sigma^2``, with ``alpha^2 + sigma^2 = 1``."""
+    """The weight w(SNR) with (squared error of the target) = w (squared error of x_0) at a
+    fixed x: Eq. (13.2) (``eq-target-weights``). ``snr = alpha^2 / sigma^2``, with
+    ``alpha^2 + sigma^2 = 1``."""
     _check(target)
     if target == "eps":
         return snr
