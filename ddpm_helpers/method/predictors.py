@@ -160,3 +160,34 @@ def classifier_free_guidance(
         model=model,
         guidance_scale=float(guidance_scale),
     )
+
+
+def classifier_guidance(predict_noise, log_classifier, schedule, guidance_scale: float) -> NoisePredictor:
+    """A noise predictor guided by a classifier of noisy data (Dhariwal & Nichol 2021).
+
+    ``log_classifier(x, t)`` returns log-probabilities of the classes (B, K) for noisy ``x`` at
+    step ``t``; its gradient for the requested label is added to the score, scaled by ``w``:
+    ``eps_w = eps(x, t) - w sqrt(1 - alpha_bar_t) grad_x log p(label | x_t)`` (chapter "Guidance",
+    Eq. (15.1) (``eq-classifier-guidance``) with the score of Eq. (3.2) (``eq-eps-score``)).
+    ``predict_noise`` is an unconditional noise predictor; pass ``labels`` when sampling.
+    """
+    import tensorflow as tf
+
+    if not math.isfinite(float(guidance_scale)):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}.")
+    predict_noise = as_noise_predictor(predict_noise)
+
+    def guided(x, t, labels, w):
+        if labels is None:
+            raise ValueError("Classifier guidance needs labels=... (int array of shape (n,)).")
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            log_p = tf.gather(log_classifier(x, t), tf.cast(labels, tf.int32), batch_dims=1)
+        gradient = tape.gradient(log_p, x)  # grad log p(label | x_t), one row per sample
+        sigma = schedule.gather("sqrt_one_minus_alpha_bars", t, ndim=x.shape.rank)
+        # Eq. (15.1) (``eq-classifier-guidance``), as a noise prediction
+        return predict_noise(x, t, None) - w * sigma * gradient
+
+    scale = tf.constant(float(guidance_scale), tf.float32)
+    return NoisePredictor(guided, owner=log_classifier, key=("classifier guidance",), args=(scale,),
+                          conditional=True, guidance_scale=float(guidance_scale))
