@@ -40,7 +40,12 @@ def test_colab_notebook_reads_like_the_page_and_folds_what_it_folds(path):
 def test_colab_notebook_install_and_settings(path):
     notebook = read(path)
     url, branch = booktools.repository(ROOT)
-    assert notebook["cells"][0]["source"] == colab.install_source(url, branch)
+    ref = colab.installed_ref(notebook["cells"][0]["source"])
+    assert notebook["cells"][0]["source"] == colab.install_source(url, ref)
+    # pinned to the commit it was built from (or a tag), not to a branch that moves on
+    assert ref != branch and ref not in ("main", "master"), (
+        f"{path.name} installs the package from the branch {ref!r}: rebuild it with make "
+        "colab-notebooks, which pins the commit being built")
     settings = notebook["cells"][2]["source"]
     assert f'PROFILE = "{colab.PUBLISHED_PROFILE}"' in settings
     assert notebook["cells"][2]["metadata"]["cellView"] == "form"
@@ -69,9 +74,9 @@ def test_the_chapters_numbers_and_citations_are_resolved():
 
 
 def small_notebook() -> dict:
-    url, branch = booktools.repository(ROOT)
+    url, _branch = booktools.repository(ROOT)
     return {"cells": [
-        colab.code_cell(colab.install_source(url, branch)),
+        colab.code_cell(colab.install_source(url, "0123456789abcdef0123456789abcdef01234567")),
         colab.markdown_cell("## Settings"),
         colab.code_cell('#@title Settings\nPROFILE = "default"  #@param ["smoke"]\n'
                         'import os\nos.environ["DDPM_PROFILE"] = PROFILE', form=True),
@@ -285,7 +290,8 @@ def test_builder_writes_a_notebook_that_reads_like_the_page(tmp_path):
     (book / "_toc.yml").write_text("format: jb-book\nroot: book/index\n")
     front = (ROOT / "book" / "index.md").read_text().split("\n---\n", 1)[0] + "\n---\n"
     (book / "book" / "index.md").write_text(front + PAGE)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DDPM_PROFILE": "smoke"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DDPM_PROFILE": "smoke",
+           colab.INSTALL_REF_ENV: "v9.9-test"}
     jb = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book), "-W", "-n",
           "--keep-going", "--builder", "custom", "--custom-builder", "colab"]
     done = subprocess.run(jb, check=False, capture_output=True, text=True, env=env, timeout=600)
@@ -303,6 +309,10 @@ def test_builder_writes_a_notebook_that_reads_like_the_page(tmp_path):
     code = [c for c in filled["cells"] if c["cell_type"] == "code"]
     sources = [c["source"] for c in code]
     assert "#@title Solution to Exercise 1\ny = x + 1" in sources
+    solution = next(c for c in code if c["source"].startswith("#@title Solution to"))
+    assert solution["metadata"]["cellView"] == "form"  # folded: Colab shows its title only
+    url, _branch = booktools.repository(ROOT)
+    assert filled["cells"][0]["source"] == colab.install_source(url, "v9.9-test")
     hidden = next(c for c in code if "hidden = 3" in c["source"])  # remove-cell: still runs
     assert hidden["metadata"]["cellView"] == "form"
     assert sources.index(hidden["source"]) < next(
@@ -317,3 +327,34 @@ def test_a_folded_cell_is_titled_by_the_first_sentence_of_its_comment():
         "per pixel")
     assert colab.cell_title("# Gaussian data x_0 ~ N(0, s^2): q(x_t) is Gaussian\nx = 1") == (
         "Gaussian data x_0 ~ N(0, s^2)")
+
+
+def test_install_ref_pins_a_variable_or_the_commit_being_built_or_falls_back(tmp_path, monkeypatch):
+    monkeypatch.delenv(colab.INSTALL_REF_ENV, raising=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert colab.install_ref(ROOT) == head
+    assert colab.install_ref(tmp_path, fallback="main") == "main"  # no git checkout there
+    monkeypatch.setenv(colab.INSTALL_REF_ENV, "v1.2")
+    assert colab.install_ref(ROOT) == "v1.2"
+    monkeypatch.setenv(colab.INSTALL_REF_ENV, 'main" && rm -rf ~')
+    with pytest.raises(ValueError, match=colab.INSTALL_REF_ENV):
+        colab.install_ref(ROOT)
+    url = "https://github.com/o/r"
+    assert colab.installed_ref(colab.install_source(url, head)) == head
+
+
+def test_drift_ignores_the_pinned_commit_but_not_the_rest_of_the_install_cell(tmp_path):
+    built, committed = tmp_path / "built", tmp_path / "committed"
+    built.mkdir()
+    committed.mkdir()
+    old = small_notebook()
+    (committed / "01_x.ipynb").write_text(colab.dumps(old))
+    new = copy.deepcopy(old)
+    new["cells"][0]["source"] = new["cells"][0]["source"].replace(
+        "0123456789abcdef0123456789abcdef01234567", "f" * 40)
+    (built / "01_x.ipynb").write_text(colab.dumps(new))
+    assert colab.drift(built, committed) == []
+    new["cells"][0]["source"] = new["cells"][0]["source"].replace("github.com", "example.org")
+    (built / "01_x.ipynb").write_text(colab.dumps(new))
+    assert colab.drift(built, committed)

@@ -148,3 +148,29 @@ def test_fd_ratio_difference_is_the_difference_of_the_two_scores():
     assert d.value == pytest.approx(single[0] - single[1])
     same = intervals.fd_ratio_difference(evaluator, a, a)
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_paired_fd_difference_variance_is_var_a_plus_var_b_minus_twice_the_covariance():
+    # The replicates of the paired difference are the differences of the two sets' replicates
+    # (the same groups are left out of both), so se_d^2 = se_a^2 + se_b^2 - 2 cov exactly; and
+    # the replicates give the intervals' half-widths.
+    from scipy.stats import t as student
+
+    rng = np.random.default_rng(3)
+    evaluator = _StubEvaluator(np.tanh(rng.normal(size=(400, 2, 2, 1))))
+    a = np.tanh(rng.normal(size=(96, 2, 2, 1)))
+    b = np.tanh(a + 0.5 * rng.normal(size=a.shape))  # paired with a: positively correlated
+    reps = [intervals.fd_ratio_replicates(evaluator, x) for x in (a, b)]
+    g = len(reps[0])
+
+    def jack_cov(x, y):
+        return (g - 1) / g * np.sum((x - x.mean()) * (y - y.mean()))
+
+    var_a, var_b, cov = jack_cov(*reps[:1] * 2), jack_cov(*reps[1:] * 2), jack_cov(*reps)
+    d = intervals.fd_ratio_difference(evaluator, a, b)
+    t = student.ppf(0.975, g - 1)
+    assert ((d.high - d.low) / (2 * t)) ** 2 == pytest.approx(var_a + var_b - 2 * cov, rel=1e-9)
+    single = intervals.fd_ratio_interval(evaluator, a)
+    assert ((single.high - single.low) / (2 * t)) ** 2 == pytest.approx(var_a, rel=1e-9)
+    assert cov > 0  # the pairing helps here: the difference is narrower than var_a + var_b
+    assert (d.high - d.low) / 2 < t * np.sqrt(var_a + var_b)

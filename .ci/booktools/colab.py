@@ -13,7 +13,9 @@ cells) but from the chapter itself, by cell index, so the notebook runs exactly 
 
 Differences from the page, on purpose:
 
-- cell 0 is a two-line install (``%pip install`` of the package from ``repository.url``);
+- cell 0 is a two-line install (``%pip install`` of the package from ``repository.url``), pinned
+  to the commit the notebooks were built from (:func:`install_ref`), so that a notebook runs the
+  package it was written with rather than whatever ``main`` holds later;
   cell 1-2 are the settings: which profile runs, what the chapter trains and how long it takes;
   the page's own first cell (TensorFlow start-up, plot style) runs inside the settings cell;
 - cells the page folds or hides (``hide-cell``, ``hide-input``, ``remove-input``,
@@ -40,7 +42,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,10 +76,43 @@ def site_url(config) -> str:
     return url.rstrip("/") + "/"
 
 
-def install_source(url: str, branch: str) -> str:
-    """Cell 0 of every Colab notebook: two lines."""
+INSTALL_REF_ENV = "DDPM_BOOK_INSTALL_REF"
+GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def install_ref(root: Path = ROOT, fallback: str = "main") -> str:
+    """The git ref cell 0 installs the package from: ``$DDPM_BOOK_INSTALL_REF`` when set (e.g. a
+    release tag), else the commit being built (``git rev-parse HEAD`` in ``root``), else
+    ``fallback`` (the branch of ``_config.yml``) where there is no git checkout."""
+    ref = os.environ.get(INSTALL_REF_ENV, "").strip()
+    if ref:
+        if not GIT_REF.fullmatch(ref):
+            raise ValueError(f"{INSTALL_REF_ENV}={ref!r} is not a git tag, branch or commit; set "
+                             "it to e.g. v1.0 or a commit hash, or unset it to pin the commit "
+                             "being built.")
+        return ref
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return fallback
+    head = done.stdout.strip()
+    return head if re.fullmatch(r"[0-9a-f]{40}", head) else fallback
+
+
+def install_source(url: str, ref: str) -> str:
+    """Cell 0 of every Colab notebook: two lines, installing the package at ``ref``."""
     return ("# The book's helper package and its pinned dependencies (about a minute):\n"
-            f'%pip install -q "ddpm_helpers @ git+{url}@{branch}"')
+            f'%pip install -q "ddpm_helpers @ git+{url}@{ref}"')
+
+
+INSTALLED_REF = re.compile(r'(%pip install -q "ddpm_helpers @ git\+[^"@\s]+@)([^"\s]+)(")')
+
+
+def installed_ref(source: str) -> str | None:
+    """The ref an install cell's source pins (None when it has no such line)."""
+    found = INSTALLED_REF.search(source)
+    return found.group(2) if found else None
 
 
 # --- the Sphinx side: glue keys, the builder, the launch button --------------------------------
@@ -572,7 +609,7 @@ class NotebookWriter:
         from booktools import repository
 
         url, branch = repository(ROOT)
-        cells = [code_cell(install_source(url, branch)),
+        cells = [code_cell(install_source(url, install_ref(ROOT, branch))),
                  markdown_cell(self.settings_text()),
                  code_cell(self.settings_source(), form=True)]
         cells += self.cells
@@ -865,6 +902,11 @@ def drift(built: Path, committed: Path) -> list[str]:
     for name in sorted(fresh_names & committed_names):
         fresh = json.loads((built / name).read_text())
         old = json.loads((committed / name).read_text())
+        # The install cell pins the commit each was built from: that may differ, nothing else.
+        old_ref = installed_ref(old["cells"][0]["source"]) if old["cells"] else None
+        if fresh["cells"] and old_ref is not None:
+            fresh["cells"][0]["source"] = INSTALLED_REF.sub(
+                lambda m: m.group(1) + old_ref + m.group(3), fresh["cells"][0]["source"])
         if len(fresh["cells"]) != len(old["cells"]):
             problems.append(f"{name}: {len(old['cells'])} cells, a fresh build has "
                             f"{len(fresh['cells'])}; run make colab-notebooks")

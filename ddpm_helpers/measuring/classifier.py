@@ -34,12 +34,15 @@ def build_classifier(image_shape, num_classes: int = 10, feature_dim: int = FEAT
     from keras import layers
 
     images = keras.Input(shape=tuple(image_shape), name="images")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu")(images)
-    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(0.25, seed=seed)(x)
+    # Every layer is named, so that a model summary reads the same however many models the
+    # process built before (Keras numbers unnamed layers: dropout_6, ...).
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_8x8")(images)
+    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv_4x4")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.25, seed=seed, name="dropout_pixels")(x)
     features = layers.Dense(feature_dim, activation="relu", name="features")(x)
-    logits = layers.Dense(num_classes, name="logits")(layers.Dropout(0.25, seed=seed + 1)(features))
+    dropped = layers.Dropout(0.25, seed=seed + 1, name="dropout_features")(features)
+    logits = layers.Dense(num_classes, name="logits")(dropped)
     return keras.Model(images, logits, name="digit_classifier")
 
 

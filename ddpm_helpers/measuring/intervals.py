@@ -106,17 +106,25 @@ def jackknife_interval(statistic, data, *, groups: int = 16, level: float = DEFA
     from scipy.stats import t as student
 
     data = np.asarray(data)
-    n = len(data)
-    if not 2 <= groups <= n:
-        raise ValueError(f"groups must lie between 2 and the number of rows ({n}), got {groups}.")
     value = float(statistic(data))
-    order = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(order, groups)
-    thetas = np.array([float(statistic(data[np.setdiff1d(order, part)])) for part in parts])
+    thetas = jackknife_replicates(statistic, data, groups=groups, seed=seed)
     se = math.sqrt((groups - 1) / groups * np.sum((thetas - thetas.mean()) ** 2))
     _normal_quantile(level)  # checks the level
     t = float(student.ppf(0.5 + level / 2, groups - 1))
     return Interval(value, value - t * se, value + t * se, level, f"jackknife ({groups} groups)")
+
+
+def jackknife_replicates(statistic, data, *, groups: int = 16, seed: int = 0) -> np.ndarray:
+    """The ``groups`` values ``theta_g`` of :func:`jackknife_interval`: ``statistic`` of ``data``
+    with group ``g`` left out. The groups depend only on ``len(data)``, ``groups`` and ``seed``,
+    so two data sets of the same length lose the same rows: that is what pairs them."""
+    data = np.asarray(data)
+    n = len(data)
+    if not 2 <= groups <= n:
+        raise ValueError(f"groups must lie between 2 and the number of rows ({n}), got {groups}.")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.array_split(order, groups)
+    return np.array([float(statistic(data[np.setdiff1d(order, part)])) for part in parts])
 
 
 def bootstrap_interval(statistic, data, *, repeats: int = 200, level: float = DEFAULT_LEVEL,
@@ -213,6 +221,15 @@ def fd_ratio_interval(evaluator, images, *, groups: int = 16,
     fd, floor = _fd_of_features(evaluator, len(images))
     return jackknife_interval(fd, _features(evaluator, images), groups=groups,
                               level=level).scaled(1.0 / floor)
+
+
+def fd_ratio_replicates(evaluator, images, *, groups: int = 16, seed: int = 0) -> np.ndarray:
+    """FD / floor of ``images`` with each jackknife group left out (:func:`jackknife_replicates`):
+    the values behind :func:`fd_ratio_interval`. For two paired sets, the replicates of
+    :func:`fd_ratio_difference` are the differences of theirs, so the squared standard error of
+    the difference is ``se_a^2 + se_b^2 - 2 cov_ab`` (chapter "Evaluation")."""
+    fd, floor = _fd_of_features(evaluator, len(images))
+    return jackknife_replicates(fd, _features(evaluator, images), groups=groups, seed=seed) / floor
 
 
 def _features(evaluator, images):
