@@ -30,11 +30,11 @@ from pathlib import Path
 PRETRAIN = "(train the shared model)"
 # First the pages that do not load the shared model, longest first (as measured on the 2-core
 # machine: about 110 s in all, while the model trains for about 200 s), then "Your turn" (about
-# 100 s of 2-D exercises before it needs the model), then the pages that load the model ("Four
-# targets" trains its 2-D models first); pages not listed run last.
+# 100 s of 2-D exercises before it needs the model), then the pages that load the model (the last
+# three train 2-D models first); pages not listed run last.
 ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "02b_score_view",
          "03b_ddpm_on_one_screen", "05_unet", "09_your_turn", "07_sampling", "06_training",
-         "08_evaluation", "13_targets_flows", "14_solvers", "index")
+         "08_evaluation", "13_guidance", "14_targets_flows", "15_solvers", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:

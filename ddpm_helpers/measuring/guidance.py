@@ -1,4 +1,4 @@
-"""Classifier-free guidance: class-conditional sampling and its trade-off (chapter "Your turn", ``sec-your-turn``).
+"""Classifier-free guidance: class-conditional sampling and its trade-off (chapter "Guidance", ``sec-guidance``).
 
 Classifier-free guidance (Ho & Salimans 2022) needs three pieces, each of which lives where the
 rest of its kind lives:
@@ -12,7 +12,7 @@ rest of its kind lives:
    learns both the conditional and the unconditional noise prediction;
 3. at sampling time the guided prediction
    ``eps_w = eps(x_t, t, null) + w (eps(x_t, t, c) - eps(x_t, t, null))``
-   (chapter "Your turn", Eq. (11.4) (``eq-cfg``)), a noise predictor made by
+   (chapter "Guidance", Eq. (11.4) (``eq-cfg``)), a noise predictor made by
    :func:`ddpm_helpers.method.predictors.classifier_free_guidance` that plugs into both samplers.
 
 This module adds what the experiments with it need: :func:`guided_sample` (the samplers with the
@@ -101,7 +101,7 @@ def mean_pairwise_distance(samples) -> float:
     """Mean Euclidean distance between two different samples of a set (samples flattened to vectors).
 
     ``scipy.spatial.distance.pdist``: every pair once, computed from the differences (stable).
-    Chapter "Your turn".
+    Chapter "Guidance".
     """
     from scipy.spatial.distance import pdist
 

@@ -3,8 +3,8 @@
 The samplers never see a Keras model directly: they call a *noise predictor*
 ``predict_noise(x, t, labels) -> eps`` (Eq. (9.1) (``eq-x0-hat``) turns its output into a guess of
 x_0). :func:`as_noise_predictor` makes one from a Keras model or a plain function, and
-:func:`classifier_free_guidance` makes the guided one of chapter "Your turn" (Eq. (11.4)
-(``eq-cfg``)).
+:func:`classifier_free_guidance` and :func:`classifier_guidance` make the guided ones of chapter
+"Guidance" (Eqs. (11.4) (``eq-cfg``) and (15.1) (``eq-classifier-guidance``)).
 
 A :class:`NoisePredictor` also says what its compiled sampling loops may be shared with:
 ``owner`` (the model or function; the loops are cached on it, so they die with it), ``key``
@@ -116,7 +116,7 @@ def classifier_free_guidance(
     (one model call on a doubled batch): w = 0 is the unconditional model, w = 1 the conditional one, w > 1
     pushes samples towards their label. It plugs into both samplers (pass ``labels``). The scale
     is a tensor input of the compiled loops: sampling at a new scale traces nothing new.
-    Chapter "Your turn", Eq. (11.4) (``eq-cfg``).
+    Chapter "Guidance", Eq. (11.4) (``eq-cfg``).
     """
     import tensorflow as tf
 
