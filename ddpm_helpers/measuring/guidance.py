@@ -12,7 +12,7 @@ rest of its kind lives:
    learns both the conditional and the unconditional noise prediction;
 3. at sampling time the guided prediction
    ``eps_w = eps(x_t, t, null) + w (eps(x_t, t, c) - eps(x_t, t, null))``
-   (chapter "Guidance", Eq. (11.4) (``eq-cfg``)), a noise predictor made by
+   (chapter "Guidance", Eq. (13.3) (``eq-cfg``)), a noise predictor made by
    :func:`ddpm_helpers.method.predictors.classifier_free_guidance` that plugs into both samplers.
 
 This module adds what the experiments with it need: :func:`guided_sample` (the samplers with the

@@ -4,13 +4,13 @@
 Rectified flow (Liu et al. 2023) and flow matching (Lipman et al. 2023) join a data point and a
 noise draw by a straight line and train a network to predict its velocity:
 
-    z_r = (1 - r) x_0 + r eps,      u = dz_r / dr = eps - x_0       Eq. (13.5) (``eq-rf-path``)
+    z_r = (1 - r) x_0 + r eps,      u = dz_r / dr = eps - x_0       Eq. (14.5) (``eq-rf-path``)
 
-    L_FM = E ||u_theta(z_r, r) - (eps - x_0)||^2                     Eq. (13.6) (``eq-fm-loss``)
+    L_FM = E ||u_theta(z_r, r) - (eps - x_0)||^2                     Eq. (14.6) (``eq-fm-loss``)
 
 Sampling integrates dz/dr = u_theta(z, r) from r = 1 (noise) to r = 0. The DDPM path is the same
 path, rescaled: ``x_t / (alpha_t + sigma_t)`` lies on it at ``r = sigma_t / (alpha_t + sigma_t)``
-(Eq. (13.7) (``eq-vp-to-rf``), :func:`rf_time`), so the solvers of
+(Eq. (14.7) (``eq-vp-to-rf``), :func:`rf_time`), so the solvers of
 :mod:`ddpm_helpers.method.solvers`, written for the noise level sigma = r / (1 - r), sample a flow
 model too (:func:`denoiser_from_velocity`).
 """
@@ -23,12 +23,12 @@ import numpy as np
 
 
 def interpolate(x0, noise, r):
-    """The point z_r = (1 - r) x_0 + r eps of Eq. (13.5) (``eq-rf-path``); ``r`` broadcasts."""
+    """The point z_r = (1 - r) x_0 + r eps of Eq. (14.5) (``eq-rf-path``); ``r`` broadcasts."""
     return (1.0 - r) * x0 + r * noise
 
 
 def flow_matching_loss(predict_velocity, x0, noise, r, t):
-    """Eq. (13.6) (``eq-fm-loss``): the mean squared error of the predicted velocity at z_r.
+    """Eq. (14.6) (``eq-fm-loss``): the mean squared error of the predicted velocity at z_r.
 
     ``r`` (B, 1, ...) is the time in [0, 1] that builds z_r; ``t`` (B,) is the same time as the
     integer input of the network (:func:`time_index`).
@@ -47,14 +47,14 @@ def time_index(r, steps: int):
 
 def rf_time(alpha, sigma):
     """r = sigma / (alpha + sigma): where x_t / (alpha + sigma) meets the straight path,
-    Eq. (13.7) (``eq-vp-to-rf``)."""
+    Eq. (14.7) (``eq-vp-to-rf``)."""
     return sigma / (alpha + sigma)
 
 
 def denoiser_from_velocity(predict_velocity, steps: int, *, x0_limit: float | None = None):
     """``denoise(y, sigma)`` for a velocity network on ``steps`` time levels, for the solvers of
     :mod:`ddpm_helpers.method.solvers`: r = sigma / (1 + sigma), z = (1 - r) y and
-    x_0 = z - r u (Eq. (13.5) (``eq-rf-path``) solved for x_0), clipped to [-x0_limit, x0_limit] unless None.
+    x_0 = z - r u (Eq. (14.5) (``eq-rf-path``) solved for x_0), clipped to [-x0_limit, x0_limit] unless None.
     ``sigma`` must be one of :func:`flow_sigmas`."""
     import tensorflow as tf
 

@@ -4,7 +4,7 @@ The samplers never see a Keras model directly: they call a *noise predictor*
 ``predict_noise(x, t, labels) -> eps`` (Eq. (9.1) (``eq-x0-hat``) turns its output into a guess of
 x_0). :func:`as_noise_predictor` makes one from a Keras model or a plain function, and
 :func:`classifier_free_guidance` and :func:`classifier_guidance` make the guided ones of chapter
-"Guidance" (Eqs. (11.4) (``eq-cfg``) and (15.1) (``eq-classifier-guidance``)).
+"Guidance" (Eqs. (13.3) (``eq-cfg``) and (13.1) (``eq-classifier-guidance``)).
 
 A :class:`NoisePredictor` also says what its compiled sampling loops may be shared with:
 ``owner`` (the model or function; the loops are cached on it, so they die with it), ``key``
@@ -116,7 +116,7 @@ def classifier_free_guidance(
     (one model call on a doubled batch): w = 0 is the unconditional model, w = 1 the conditional one, w > 1
     pushes samples towards their label. It plugs into both samplers (pass ``labels``). The scale
     is a tensor input of the compiled loops: sampling at a new scale traces nothing new.
-    Chapter "Guidance", Eq. (11.4) (``eq-cfg``).
+    Chapter "Guidance", Eq. (13.3) (``eq-cfg``).
     """
     import tensorflow as tf
 
@@ -147,7 +147,7 @@ def classifier_free_guidance(
             training=False,
         )
         eps_cond, eps_uncond = tf.split(eps, 2, axis=0)
-        # Eq. (11.4) (``eq-cfg``)
+        # Eq. (13.3) (``eq-cfg``)
         return eps_uncond + w * (eps_cond - eps_uncond)
 
     scale = tf.constant(float(guidance_scale), tf.float32)
@@ -168,7 +168,7 @@ def classifier_guidance(predict_noise, log_classifier, schedule, guidance_scale:
     ``log_classifier(x, t)`` returns log-probabilities of the classes (B, K) for noisy ``x`` at
     step ``t``; its gradient for the requested label is added to the score, scaled by ``w``:
     ``eps_w = eps(x, t) - w sqrt(1 - alpha_bar_t) grad_x log p(label | x_t)`` (chapter "Guidance",
-    Eq. (15.1) (``eq-classifier-guidance``) with the score of Eq. (3.2) (``eq-eps-score``)).
+    Eq. (13.1) (``eq-classifier-guidance``) with the score of Eq. (3.2) (``eq-eps-score``)).
     ``predict_noise`` is an unconditional noise predictor; pass ``labels`` when sampling.
     """
     import tensorflow as tf
@@ -185,7 +185,7 @@ def classifier_guidance(predict_noise, log_classifier, schedule, guidance_scale:
             log_p = tf.gather(log_classifier(x, t), tf.cast(labels, tf.int32), batch_dims=1)
         gradient = tape.gradient(log_p, x)  # grad log p(label | x_t), one row per sample
         sigma = schedule.gather("sqrt_one_minus_alpha_bars", t, ndim=x.shape.rank)
-        # Eq. (15.1) (``eq-classifier-guidance``), as a noise prediction
+        # Eq. (13.1) (``eq-classifier-guidance``), as a noise prediction
         return predict_noise(x, t, None) - w * sigma * gradient
 
     scale = tf.constant(float(guidance_scale), tf.float32)

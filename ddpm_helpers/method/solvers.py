@@ -4,17 +4,17 @@ Chapter "Sampling past Euler" (``sec-solvers``). In the scaled coordinates of Ka
 ``y = x / alpha`` and ``sigma = sqrt(1 - alpha_bar) / sqrt(alpha_bar)``, the deterministic
 sampler of DDIM follows the ODE
 
-    dy / dsigma = (y - D(y, sigma)) / sigma                       Eq. (14.1) (``eq-pf-ode-sigma``)
+    dy / dsigma = (y - D(y, sigma)) / sigma                       Eq. (15.1) (``eq-pf-ode-sigma``)
 
 where ``D(y, sigma)`` is the denoiser, the network's guess of x_0. Every solver here takes a
 ``denoise(y, sigma)`` and a decreasing sequence of sigmas (the last may be 0, which returns the
 last guess of x_0); an increasing sequence runs the ODE forwards, which is DDIM inversion.
 
-- :func:`karras_sigmas`: the rho-spacing of Karras et al., Eq. (14.2) (``eq-karras-sigmas``);
+- :func:`karras_sigmas`: the rho-spacing of Karras et al., Eq. (15.2) (``eq-karras-sigmas``);
 - :func:`euler`: one network call per step; on the schedule's own sigmas it is DDIM with eta = 0;
 - :func:`heun`: Euler, then the trapezoidal correction (two calls per step, second order);
 - :func:`dpm_solver_2m`: DPM-Solver++(2M) of Lu et al. (2022), second order with one call per
-  step, by reusing the previous step's x_0 (Eq. (14.3) (``eq-dpm-2m``));
+  step, by reusing the previous step's x_0 (Eq. (15.3) (``eq-dpm-2m``));
 - :func:`denoiser_from_noise_predictor`: a trained noise predictor as ``denoise(y, sigma)``, for
   sigmas of the schedule (:func:`schedule_sigmas`, :func:`nearest_schedule_sigmas`).
 
@@ -31,7 +31,7 @@ import numpy as np
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
     """``steps`` sigmas from ``sigma_max`` down to ``sigma_min``, evenly spaced in sigma^(1/rho).
 
-    Eq. (14.2) (``eq-karras-sigmas``); rho = 1 is even spacing in sigma, large rho crowds the
+    Eq. (15.2) (``eq-karras-sigmas``); rho = 1 is even spacing in sigma, large rho crowds the
     steps near sigma_min, where the images get their details.
     """
     if not 0 < sigma_min < sigma_max:
@@ -44,7 +44,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
 
 
 def euler(denoise, y, sigmas):
-    """Euler's method on Eq. (14.1) (``eq-pf-ode-sigma``): one denoiser call per step."""
+    """Euler's method on Eq. (15.1) (``eq-pf-ode-sigma``): one denoiser call per step."""
     sigmas = [float(s) for s in sigmas]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         slope = (y - denoise(y, s)) / s
@@ -54,7 +54,7 @@ def euler(denoise, y, sigmas):
 
 def heun(denoise, y, sigmas):
     """Heun's method (Karras et al. 2022, Algorithm 1 without noise): an Euler step, then the mean
-    of the slopes at both ends; the step to sigma = 0 stays an Euler step. Eq. (14.1) (``eq-pf-ode-sigma``)."""
+    of the slopes at both ends; the step to sigma = 0 stays an Euler step. Eq. (15.1) (``eq-pf-ode-sigma``)."""
     sigmas = [float(s) for s in sigmas]
     for s, s_next in zip(sigmas[:-1], sigmas[1:]):
         slope = (y - denoise(y, s)) / s
@@ -68,7 +68,7 @@ def heun(denoise, y, sigmas):
 
 
 def dpm_solver_2m(denoise, y, sigmas):
-    """DPM-Solver++(2M) (Lu et al. 2022) in log-sigma time, Eq. (14.3) (``eq-dpm-2m``).
+    """DPM-Solver++(2M) (Lu et al. 2022) in log-sigma time, Eq. (15.3) (``eq-dpm-2m``).
 
     With lambda = -log sigma and h the step in lambda, the exact solution weighs x_0 by
     1 - exp(-h); the first step (and the step to 0) uses the current guess, which is DDIM; later
@@ -106,7 +106,7 @@ def nearest_schedule_sigmas(schedule, wanted) -> np.ndarray:
 
 def denoiser_from_noise_predictor(predict_noise, schedule, *, x0_limit: float | None = 1.0):
     """``denoise(y, sigma)`` for a noise predictor trained on ``schedule``; ``sigma`` must be one of
-    the schedule's sigmas. x = alpha y (Eq. (14.1) (``eq-pf-ode-sigma``)), then x_0 = y - sigma eps, clipped to
+    the schedule's sigmas. x = alpha y (Eq. (15.1) (``eq-pf-ode-sigma``)), then x_0 = y - sigma eps, clipped to
     [-x0_limit, x0_limit] (the pixel range, as the book's DDPM and DDIM do; None: not clipped)."""
     import tensorflow as tf
 

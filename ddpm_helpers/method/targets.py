@@ -9,10 +9,10 @@ Chapter "Four targets and the flow view" (``sec-targets``). A noisy point is
 - the velocity ``v = alpha eps - sigma x_0`` of Salimans & Ho (2022),
 - the score ``grad log q(x) = -eps / sigma`` (Eq. (3.2) (``eq-eps-score``)),
 
-determines the other three (Eq. (13.1) (``eq-four-targets``)). :func:`x0_from` turns a prediction
+determines the other three (Eq. (14.1) (``eq-four-targets``)). :func:`x0_from` turns a prediction
 of any of them into a prediction of x_0, :func:`to_target` turns x_0 (with x) into any of them,
 and :func:`x0_error_weight` says how much the squared error of each target weighs an error in
-x_0 (Eq. (13.2) (``eq-target-weights``)). Everything is plain arithmetic, so NumPy arrays and
+x_0 (Eq. (14.2) (``eq-target-weights``)). Everything is plain arithmetic, so NumPy arrays and
 TensorFlow tensors both work; ``alpha`` and ``sigma`` broadcast against ``x``.
 """
 
@@ -27,7 +27,7 @@ def _check(target):
 
 
 def x0_from(target: str, prediction, x, alpha, sigma):
-    """The x_0 that a prediction of ``target`` implies at ``x``: Eq. (13.1) (``eq-four-targets``)
+    """The x_0 that a prediction of ``target`` implies at ``x``: Eq. (14.1) (``eq-four-targets``)
     solved for x_0."""
     _check(target)
     if target == "eps":
@@ -40,7 +40,7 @@ def x0_from(target: str, prediction, x, alpha, sigma):
 
 
 def to_target(target: str, x0, x, alpha, sigma):
-    """The value of ``target`` at ``x`` for the clean data ``x0``: Eq. (13.1) (``eq-four-targets``)."""
+    """The value of ``target`` at ``x`` for the clean data ``x0``: Eq. (14.1) (``eq-four-targets``)."""
     _check(target)
     eps = (x - alpha * x0) / sigma
     if target == "eps":
@@ -54,7 +54,7 @@ def to_target(target: str, x0, x, alpha, sigma):
 
 def x0_error_weight(target: str, snr):
     """The weight w(SNR) with (squared error of the target) = w (squared error of x_0) at a
-    fixed x: Eq. (13.2) (``eq-target-weights``). ``snr = alpha^2 / sigma^2``, with
+    fixed x: Eq. (14.2) (``eq-target-weights``). ``snr = alpha^2 / sigma^2``, with
     ``alpha^2 + sigma^2 = 1``."""
     _check(target)
     if target == "eps":

@@ -4,7 +4,7 @@
 The network is the 2-D chapter's MLP (:func:`ddpm_helpers.playground.toy2d.build_mlp_denoiser`)
 with the same integer time input: level k stands for r = (k + 1) / ``time_levels``
 (:func:`ddpm_helpers.method.flows.time_index`). Each step draws r and the noise, builds
-z_r = (1 - r) x_0 + r eps and fits the velocity eps - x_0 (Eq. (13.6) (``eq-fm-loss``)).
+z_r = (1 - r) x_0 + r eps and fits the velocity eps - x_0 (Eq. (14.6) (``eq-fm-loss``)).
 """
 
 from __future__ import annotations
