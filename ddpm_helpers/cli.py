@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup-steps", type=int, default=None,
                        help="a linear warm-up of the learning rate over the first N steps, in front of "
                             "--lr-schedule (default: none; with --resume: the run's own)")
+    train.add_argument("--lr-decay-steps", type=int, default=None, metavar="N",
+                       help="the seed schedule's decay steps: lr = base * N / (step + N) (default: 100000; "
+                            "with --resume: the run's own)")
+    train.add_argument("--scale-batch", type=int, default=None, metavar="K",
+                       help="a global batch K times the profile's, for K devices: K times fewer steps (the same "
+                            "images), the learning rate times sqrt(K), the seed schedule's decay steps divided by K "
+                            "and the EMA decay to the power K (learning_rates.scale_for_batch); --steps, "
+                            "--learning-rate and --lr-decay-steps, if given, win; not with --batch-size or --resume")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="steps between checkpoints, at least 1 (default: the profile's)")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept, at least 1 (default: 2)")
@@ -153,6 +161,29 @@ def main(argv: list[str] | None = None) -> int:
     return evaluate_from_cli(args)
 
 
+def _scaled_profile(profile, args, lr_decay_steps):
+    """``--scale-batch K``: the profile with a K times larger batch, K times fewer steps, and the
+    rate, decay steps and EMA decay of :func:`~ddpm_helpers.engine.learning_rates.scale_for_batch`."""
+    from ddpm_helpers.engine.learning_rates import SEED_DECAY_STEPS, scale_for_batch
+
+    k = args.scale_batch
+    if k < 1:
+        raise ValueError(f"--scale-batch must be at least 1, got {k}.")
+    if args.batch_size is not None or args.resume:
+        raise ValueError("--scale-batch sets the batch of a new run: leave out --batch-size (it would set it twice) "
+                         "and --resume (a resumed run keeps its own, already scaled, settings).")
+    scaled = scale_for_batch(k, base_lr=profile.learning_rate, decay_steps=SEED_DECAY_STEPS,
+                             ema_decay=profile.ema_decay)
+    profile = profile.replace(batch_size=profile.batch_size * k, train_steps=max(1, profile.train_steps // k),
+                              learning_rate=scaled["learning_rate"], ema_decay=scaled["ema_decay"])
+    if lr_decay_steps is None and (args.lr_schedule or "seed") == "seed":  # the others decay over the steps
+        lr_decay_steps = scaled["decay_steps"]
+    print(f"--scale-batch {k}: batch {profile.batch_size}, {profile.train_steps:,} steps, learning rate "
+          f"{profile.learning_rate:.3g}, EMA decay {profile.ema_decay:.6g}"
+          + (f", decay steps {lr_decay_steps:,}" if lr_decay_steps is not None else "") + ".")
+    return profile, lr_decay_steps
+
+
 def train_from_cli(args) -> int:
     """``python -m ddpm_helpers train``: see ``--help``. Returns the exit status (130 after Ctrl-C)."""
     from ddpm_helpers.engine.interrupts import TrainingInterrupted
@@ -174,13 +205,16 @@ def train_from_cli(args) -> int:
                 stored = stored_config(run_dir)
                 profile = profile_from_dict(stored["profile"]) if stored else get_profile()
             profile = profile.replace(batch_size=args.batch_size)
+        lr_decay_steps = args.lr_decay_steps
+        if args.scale_batch is not None:
+            profile, lr_decay_steps = _scaled_profile(profile, args, lr_decay_steps)
         if not args.resume and not args.overwrite and is_run_folder(run_dir):
             raise ValueError(f"{run_dir} already holds a run: pass --resume to continue it, --overwrite to start "
                              "again (the old run is moved aside, not deleted), or choose another --out.")
         run = train(profile, run_dir, steps=args.steps, resume=args.resume, data=args.data, seed=args.seed,
                     num_classes=args.num_classes, label_dropout=args.label_dropout,
                     lr_schedule=args.lr_schedule, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-                    checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                    lr_decay_steps=lr_decay_steps, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
                     jit_compile=args.xla, strategy=strategy, replicas=args.replicas,
                     mixed_precision=args.mixed_precision, tensorboard=args.tensorboard,
                     sample_every=args.sample_every)

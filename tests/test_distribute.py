@@ -214,3 +214,34 @@ def test_setup_strategy_says_once_that_xla_is_off(capsys):
     out = capsys.readouterr().out
     assert out.count("XLA is not used under a distribution strategy (--xla ignored)") == 1
     assert config["xla"] is False and config["replicas"] == 2
+
+
+def test_a_mirrored_strategy_is_made_quietly_and_one_replica_is_singular(capsys):
+    import logging
+
+    import tensorflow as tf
+
+    from ddpm_helpers.engine.distribute import make_strategy, setup_strategy
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger, keep = tf.get_logger(), Keep()
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel("INFO")
+    try:
+        strategy = make_strategy("mirrored")
+        assert logger.level == logging.INFO  # the caller's level is restored
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    assert not [r for r in records if "MirroredStrategy" in r]
+    capsys.readouterr()
+    setup_strategy(strategy, None, 32, {"xla": None})
+    count = strategy.num_replicas_in_sync
+    word = "replica" if count == 1 else "replicas"
+    assert f"Training on {count} {word} (MirroredStrategy)" in capsys.readouterr().out

@@ -64,7 +64,13 @@ def make_strategy(name: str = "none", replicas: int | None = None):
                 raise ValueError(f"Cannot split the CPU into {replicas} devices once TensorFlow has started: "
                                  "pass --replicas in a fresh process.") from error
         devices = [device.name for device in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices)
+    logger = tf.get_logger()  # MirroredStrategy logs its devices at INFO; setup_strategy says it in one line
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        return tf.distribute.MirroredStrategy(devices)
+    finally:
+        logger.setLevel(level)
 
 
 def setup_strategy(strategy, replicas, batch_size: int, config: dict):
@@ -81,7 +87,8 @@ def setup_strategy(strategy, replicas, batch_size: int, config: dict):
         asked = " (--xla ignored)" if config["xla"] else ""
         print(f"XLA is not used under a distribution strategy{asked}; a TPU compiles with XLA in any case.")
         config["xla"] = False
-        print(f"Training on {count} replicas ({type(strategy).__name__}), {batch_size // count} images each.")
+        replica = "replica" if count == 1 else "replicas"
+        print(f"Training on {count} {replica} ({type(strategy).__name__}), {batch_size // count} images each.")
     return strategy
 
 

@@ -60,22 +60,28 @@ class ConstantLearningRate(_keras().optimizers.schedules.LearningRateSchedule):
         return {"base_lr": self.base_lr}
 
 
-def make_learning_rate(name: str, base_lr: float, total_steps: int):
+def make_learning_rate(name: str, base_lr: float, total_steps: int, decay_steps: int | None = None):
     """A Keras ``LearningRateSchedule`` by name.
 
-    - ``"seed"``: :func:`seed_learning_rate` (does not depend on ``total_steps``),
+    - ``"seed"``: :func:`seed_learning_rate` with ``decay_steps`` (default ``SEED_DECAY_STEPS``;
+      :func:`scale_for_batch` gives the one for a larger batch); it does not depend on
+      ``total_steps``,
     - ``"constant"``: ``base_lr`` throughout,
     - ``"cosine"``: cosine decay from ``base_lr`` to 0 over ``total_steps``,
     - ``"warmup_cosine"``: linear warm-up over the first 5% of the steps, then cosine decay to 0.
 
-    Raises ``ValueError`` for any other name.
+    Raises ``ValueError`` for any other name, and for ``decay_steps`` with a schedule other than
+    ``"seed"`` (the others decay over ``total_steps``).
     """
     keras = _keras()
     if not base_lr > 0:
         raise ValueError(f"base_lr must be positive, got {base_lr}.")
     total_steps = int(total_steps)
+    if decay_steps is not None and name != "seed":
+        raise ValueError(f"decay_steps (--lr-decay-steps) belongs to the 'seed' schedule; the {name!r} schedule "
+                         "decays over the run's steps. Leave decay_steps out, or use lr_schedule='seed'.")
     if name == "seed":
-        return seed_learning_rate(base_lr)
+        return seed_learning_rate(base_lr, SEED_DECAY_STEPS if decay_steps is None else decay_steps)
     if name == "constant":
         return ConstantLearningRate(base_lr)
     if name not in LR_SCHEDULES:

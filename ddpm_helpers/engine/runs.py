@@ -38,7 +38,8 @@ RUNS_DIR_ENV_VAR = "DDPM_RUNS_DIR"
 NON_TRAINING_FIELDS = ("description", "num_eval_samples", "checkpoint_every")
 # Settings a resumed run may change (a note says what changed): they steer the rest of training
 # but not what the checkpoint's weights mean.
-TRAINING_ONLY = ("profile.learning_rate", "profile.train_steps", "steps", "seed", "lr_schedule", "warmup_steps", "xla",
+TRAINING_ONLY = ("profile.learning_rate", "profile.train_steps", "steps", "seed", "lr_schedule", "warmup_steps",
+                 "lr_decay_steps", "xla",
                  "precision")
 
 

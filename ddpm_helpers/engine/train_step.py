@@ -296,12 +296,13 @@ def build_models(profile, num_classes: int | None = None):
 
 
 def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, warmup_steps: int = 0, strategy=None,
-                         precision: str = "float32"):
+                         precision: str = "float32", lr_decay_steps: int | None = None):
     """``(model, ema_model, optimizer, ema, rate)`` for training ``profile``'s U-Net, created in
     ``strategy``'s scope under the Keras dtype ``precision`` policy: Adam with the learning rate
     ``rate`` (Eq. (8.2) (``eq-seed-lr``) or another
     :func:`~ddpm_helpers.engine.learning_rates.make_learning_rate` schedule; loss scaling for
     float16) and the EMA of Eq. (8.3) (``eq-ema``), started at the initial weights.
+    ``lr_decay_steps``: the seed schedule's ``decay_steps`` (default: the tutorial's 100,000).
     """
     import contextlib
 
@@ -312,7 +313,7 @@ def build_training_state(profile, *, num_classes, lr_schedule: str, steps: int, 
 
     with strategy.scope() if strategy is not None else contextlib.nullcontext(), dtype_policy(precision):
         model, ema_model = build_models(profile, num_classes)
-        rate = make_learning_rate(lr_schedule, profile.learning_rate, steps)
+        rate = make_learning_rate(lr_schedule, profile.learning_rate, steps, lr_decay_steps)
         if warmup_steps:
             rate = WarmUp(rate, warmup_steps)  # a linear ramp over the first warmup_steps steps
         optimizer = keras.optimizers.Adam(rate)

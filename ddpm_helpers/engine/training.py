@@ -130,7 +130,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
           seed: int | None = None, progress: bool = True, num_classes: int | None = None,
           label_dropout: float | None = None, lr_schedule: str | None = None, learning_rate: float | None = None,
           checkpoint_every: int | None = None, keep_checkpoints: int = 2, warmup_steps: int | None = None,
-          jit_compile: bool | None = None,
+          lr_decay_steps: int | None = None, jit_compile: bool | None = None,
           loss_fn=None, on_step=None, strategy=None, replicas: int | None = None,
           mixed_precision: bool | None = None, tensorboard: bool = False,
           sample_every: int | None = None, init_from=None) -> TrainedRun:
@@ -140,7 +140,9 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
       (default ``profile.dataset``; any spec :func:`ddpm_helpers.engine.data.load_data` accepts),
       ``learning_rate`` (default ``profile.learning_rate``), the base of ``lr_schedule`` (a name
       for :func:`.make_learning_rate`; default ``"seed"``), with a linear warm-up over the first
-      ``warmup_steps`` steps if given (:class:`.WarmUp`).
+      ``warmup_steps`` steps if given (:class:`.WarmUp`); ``lr_decay_steps`` is the seed schedule's
+      ``decay_steps`` (default 100,000; for a batch ``k`` times larger,
+      :func:`.learning_rates.scale_for_batch` gives it with the rate and the EMA decay).
     - ``num_classes``: train a class-conditional model (``model([x, t, label])``) on the data's
       labels; ``label_dropout`` replaces a label by the null label ``num_classes`` with that
       probability (for classifier-free guidance).
@@ -197,6 +199,7 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
         label_dropout = stored.get("label_dropout", 0.0) if label_dropout is None else label_dropout
         lr_schedule = stored.get("lr_schedule", "seed") if lr_schedule is None else lr_schedule
         warmup_steps = stored.get("warmup_steps", 0) if warmup_steps is None else warmup_steps
+        lr_decay_steps = stored.get("lr_decay_steps") if lr_decay_steps is None else lr_decay_steps
         if mixed_precision is None:
             mixed_precision = stored.get("precision", "float32") != "float32"
     profile = get_profile() if profile is None else profile
@@ -205,12 +208,15 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
         steps=int(profile.train_steps if steps is None else steps), seed=int(profile.seed if seed is None else seed),
         num_classes=num_classes, label_dropout=float(label_dropout or 0.0), lr_schedule=lr_schedule or "seed",
         checkpoint_every=int(profile.checkpoint_every if checkpoint_every is None else checkpoint_every),
-        keep_checkpoints=keep_checkpoints, warmup_steps=int(warmup_steps or 0))
+        keep_checkpoints=keep_checkpoints, warmup_steps=int(warmup_steps or 0),
+        lr_decay_steps=None if lr_decay_steps is None else int(lr_decay_steps))
     _check_settings(**settings)
     source, config = _source_and_config(profile, data, xla=jit_compile, **{
         k: settings[k] for k in ("steps", "seed", "num_classes", "label_dropout", "lr_schedule")})
     if settings["warmup_steps"]:  # recorded only when used, so runs without one keep their identity
         config["warmup_steps"] = settings["warmup_steps"]
+    if settings["lr_decay_steps"] is not None:  # likewise
+        config["lr_decay_steps"] = settings["lr_decay_steps"]
     if init_from is not None or (stored or {}).get("init_from"):  # likewise
         config["init_from"] = starting_point(init_from) if init_from is not None else stored["init_from"]
         # where the starting weights are read from if no checkpoint exists yet
@@ -243,7 +249,7 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
     keras.utils.set_random_seed(seed)  # the initial weights (and, with pipeline.make_pipeline's seeds, the data order)
     model, ema_model, optimizer, ema, rate = build_training_state(
         profile, num_classes=settings["num_classes"], lr_schedule=settings["lr_schedule"], steps=steps,
-        warmup_steps=settings["warmup_steps"],
+        warmup_steps=settings["warmup_steps"], lr_decay_steps=settings["lr_decay_steps"],
         strategy=strategy, precision=config["precision"])
     start = prepare_run_dir(run_dir, config, resume, steps, XLA_MIN_STEPS)
     checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=settings["keep_checkpoints"])
@@ -328,7 +334,7 @@ def _source_and_config(profile, data, *, num_classes, **settings):
 
 
 def _check_settings(*, steps, seed, num_classes, label_dropout, lr_schedule, checkpoint_every, keep_checkpoints,
-                    warmup_steps=0):
+                    warmup_steps=0, lr_decay_steps=None):
     for name, value in (("steps", steps), ("checkpoint_every", checkpoint_every),
                         ("keep_checkpoints", keep_checkpoints)):
         if value is None or int(value) < 1:
@@ -336,6 +342,11 @@ def _check_settings(*, steps, seed, num_classes, label_dropout, lr_schedule, che
             raise ValueError(f"{name} ({flag}) must be at least 1, got {value}.")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps (--warmup-steps) must be 0 or more, got {warmup_steps}.")
+    if lr_decay_steps is not None and lr_decay_steps < 1:
+        raise ValueError(f"lr_decay_steps (--lr-decay-steps) must be at least 1, got {lr_decay_steps}.")
+    if lr_decay_steps is not None and lr_schedule != "seed":
+        raise ValueError(f"lr_decay_steps (--lr-decay-steps) belongs to the 'seed' schedule, not {lr_schedule!r} "
+                         "(which decays over the run's steps): leave it out or use the seed schedule.")
     if num_classes is not None and int(num_classes) < 2:
         raise ValueError(f"num_classes (--num-classes) must be at least 2 for a conditional model, got {num_classes}; "
                          "leave it out for an unconditional one.")
@@ -381,6 +392,8 @@ def load_or_train(profile=None, runs_dir=None, **train_kwargs) -> TrainedRun:
                 lr_schedule=train_kwargs.get("lr_schedule") or "seed")
             if train_kwargs.get("warmup_steps"):
                 requested["warmup_steps"] = int(train_kwargs["warmup_steps"])
+            if train_kwargs.get("lr_decay_steps") is not None:
+                requested["lr_decay_steps"] = int(train_kwargs["lr_decay_steps"])
             if train_kwargs.get("init_from") is not None:
                 requested["init_from"] = starting_point(train_kwargs["init_from"])
             stored = read_config(run_dir)
