@@ -125,3 +125,26 @@ def test_flow_matching_trains_a_2d_velocity():
     assert np.all(np.isfinite(losses)) and np.mean(losses[-10:]) < np.mean(losses[:10])
     with pytest.raises(ValueError, match="steps must be"):
         toy_flows.train_flow_toy(data, steps=0)
+
+
+def test_flow_matching_takes_another_path_and_paired_noise():
+    from ddpm_helpers.playground import toy2d, toy_flows
+
+    data = toy2d.make_toy_data("two_moons", 300, seed=1)
+    seen = []
+
+    def recorded_straight(x0, noise, r):
+        seen.append(True)
+        return flows.straight_path(x0, noise, r)
+
+    run = toy_flows.train_flow_toy(data, steps=5, batch_size=32, path=recorded_straight,
+                                   noise=np.zeros_like(data), progress=False)
+    assert seen and np.all(np.isfinite(run.history["loss"]))
+    # With zero noise paired to every point, the target is -x_0 at every r: the exact
+    # velocity network makes the loss 0.
+    x0 = tf.constant(data[:8])
+    loss = flows.flow_matching_loss(lambda z, t: -x0, x0, tf.zeros_like(x0),
+                                    tf.fill([8, 1], 0.3), tf.zeros([8], tf.int32))
+    assert float(loss) == 0.0
+    with pytest.raises(ValueError, match="pair one draw"):
+        toy_flows.train_flow_toy(data, steps=1, noise=np.zeros((3, 2)))

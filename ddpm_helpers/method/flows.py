@@ -27,16 +27,22 @@ def interpolate(x0, noise, r):
     return (1.0 - r) * x0 + r * noise
 
 
-def flow_matching_loss(predict_velocity, x0, noise, r, t):
+def straight_path(x0, noise, r):
+    """The point z_r and the velocity eps - x_0 of Eq. (14.5) (``eq-rf-path``)."""
+    return interpolate(x0, noise, r), noise - x0
+
+
+def flow_matching_loss(predict_velocity, x0, noise, r, t, path=straight_path):
     """Eq. (14.6) (``eq-fm-loss``): the mean squared error of the predicted velocity at z_r.
 
     ``r`` (B, 1, ...) is the time in [0, 1] that builds z_r; ``t`` (B,) is the same time as the
-    integer input of the network (:func:`time_index`).
+    integer input of the network (:func:`time_index`). ``path(x0, noise, r) -> (z_r, velocity)``
+    is the straight line by default; any other path between data and noise works the same way.
     """
     import tensorflow as tf
 
-    z = interpolate(x0, noise, r)
-    return tf.reduce_mean((predict_velocity(z, t) - (noise - x0)) ** 2)
+    z, velocity = path(x0, noise, r)
+    return tf.reduce_mean((predict_velocity(z, t) - velocity) ** 2)
 
 
 def time_index(r, steps: int):

@@ -19,14 +19,19 @@ from ddpm_helpers.playground.toy_training import ToyRun
 
 def train_flow_toy(data, *, steps: int, batch_size: int = 512, learning_rate: float = 1e-2,
                    ema_decay: float = 0.995, time_levels: int = 1000, seed: int = 0,
-                   progress: bool = True) -> ToyRun:
-    """Fit u_theta(z_r, r) to eps - x_0 on the points ``data`` (N, 2); returns the last and the EMA
-    weights as a :class:`~ddpm_helpers.playground.toy_training.ToyRun` (``schedule`` is None)."""
+                   path=None, noise=None, progress: bool = True) -> ToyRun:
+    """Fit u_theta(z_r, r) to the velocity of ``path`` (default: the straight line,
+    :func:`ddpm_helpers.method.flows.straight_path`) on the points ``data`` (N, 2).
+
+    ``noise`` (N, 2), if given, is the noise paired with each data point (for reflow: the noise
+    a sample came from); by default every step draws fresh noise. Returns the last and the EMA
+    weights as a :class:`~ddpm_helpers.playground.toy_training.ToyRun` (``schedule`` is None).
+    """
     import keras
     import tensorflow as tf
 
     from ddpm_helpers.engine.learning_rates import ExponentialMovingAverage, make_learning_rate
-    from ddpm_helpers.method.flows import flow_matching_loss
+    from ddpm_helpers.method.flows import flow_matching_loss, straight_path
     from ddpm_helpers.notebook.pages import ProgressBar
 
     data = np.asarray(data, dtype=np.float32)
@@ -34,6 +39,12 @@ def train_flow_toy(data, *, steps: int, batch_size: int = 512, learning_rate: fl
         raise ValueError(f"data must be points of shape (N, D), got {data.shape}.")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.shape != data.shape:
+            raise ValueError(f"noise must pair one draw with each point: shape {data.shape}, "
+                             f"got {noise.shape}.")
+    path = path or straight_path
     keras.utils.set_random_seed(seed)
     model = build_mlp_denoiser(data_dim=data.shape[1], name="mlp_velocity")
     ema_model = build_mlp_denoiser(data_dim=data.shape[1], name="mlp_velocity")
@@ -45,7 +56,8 @@ def train_flow_toy(data, *, steps: int, batch_size: int = 512, learning_rate: fl
     def train_step(x0, noise, k):
         r = tf.reshape(tf.cast(k + 1, tf.float32) / time_levels, [-1, 1])
         with tf.GradientTape() as tape:
-            loss = flow_matching_loss(lambda z, t: model([z, t], training=True), x0, noise, r, k)
+            loss = flow_matching_loss(lambda z, t: model([z, t], training=True), x0, noise, r, k,
+                                      path=path)
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights),
                                       model.trainable_weights))
         ema.update()
@@ -56,10 +68,12 @@ def train_flow_toy(data, *, steps: int, batch_size: int = 512, learning_rate: fl
     history = {"step": [], "loss": []}
     began = time.perf_counter()
     for step in range(steps):
-        x0 = data[rng.integers(0, len(data), batch_size)]
-        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        index = rng.integers(0, len(data), batch_size)
+        x0 = data[index]
+        eps = (rng.standard_normal(x0.shape).astype(np.float32) if noise is None
+               else noise[index])
         k = rng.integers(0, time_levels, batch_size).astype(np.int32)
-        loss = float(train_step(tf.constant(x0), tf.constant(noise), tf.constant(k)))
+        loss = float(train_step(tf.constant(x0), tf.constant(eps), tf.constant(k)))
         if not np.isfinite(loss):
             raise FloatingPointError(f"The flow-matching loss became {loss} at step {step + 1}; "
                                      "lower the learning rate or change the seed.")
