@@ -238,3 +238,31 @@ def test_x0_from_noise_is_stable_at_the_cosine_schedules_last_step():
     assert np.max(np.abs(unstable - exact)) > 2e-3  # what the test guards against
     back = diffusion.predict_noise_from_x0(schedule, x_t, tf.fill([n], 999), got).numpy()
     np.testing.assert_allclose(back, eps32, atol=1e-5)
+
+
+def test_discrete_best_noise_error_matches_monte_carlo_and_gaussian_limit():
+    """The per-pixel best noise error for discrete data: against the error of the exact
+    posterior mean (gaussian_mixture_posterior with zero-width components) on samples, and,
+    for a fine grid of Gaussian-weighted levels, against alpha_bar (unit Gaussian data)."""
+    rng = np.random.default_rng(0)
+    levels = np.linspace(-1, 1, 5)
+    probs = np.array([0.5, 0.1, 0.1, 0.1, 0.2])
+    n = 200_000
+    x0 = rng.choice(levels, size=n, p=probs)
+    eps = rng.standard_normal(n)
+    for ab in (0.05, 0.3, 0.9, 0.99):
+        x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+        best = diffusion.gaussian_mixture_posterior(
+            x_t[:, None], ab, levels[:, None], 0.0, probs)["eps_mean"][:, 0]
+        sq = (eps - best) ** 2
+        z = abs(sq.mean() - diffusion.discrete_best_noise_error(levels, probs, ab))
+        assert z < 5 * sq.std() / math.sqrt(n) + 1e-9, ab
+    grid = np.linspace(-6, 6, 241)
+    gauss = np.exp(-0.5 * grid**2)
+    for ab in (0.2, 0.8):
+        got = diffusion.discrete_best_noise_error(
+            grid, gauss / gauss.sum(), ab, nodes=201)
+        assert abs(got - ab) < 1e-3, (ab, got)
+    assert diffusion.discrete_best_noise_error(levels, probs, 1.0) == 0.0
+    with pytest.raises(ValueError, match="sum to 1"):
+        diffusion.discrete_best_noise_error(levels, probs[:4], 0.5)

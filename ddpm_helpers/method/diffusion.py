@@ -195,3 +195,44 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
                          out=np.zeros_like(x), where=noise_sd > 0)
     return {"log_density": log_density, "score": score, "x0_mean": x0_mean,
             "x0_var": np.maximum(x0_var, 0.0), "eps_mean": eps_mean}
+
+
+def discrete_best_noise_error(levels, probs, alpha_bar, nodes: int = 801):
+    """The best possible noise error per pixel when a pixel takes only the values ``levels``.
+
+    Chapter "Scores, hard steps and the loss", Eq. (3.7) (``eq-best-eps-error``) for data whose
+    pixels take the values ``levels`` (K,) with probabilities ``probs`` (K,), one pixel seen on
+    its own: ``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps``, the posterior over the K
+    values is Bayes' rule, and the best error is ``SNR E[Var(x_0 | x_t)]`` with
+    ``SNR = alpha_bar / (1 - alpha_bar)``. The average over ``x_t`` is a sum over the K values and
+    ``nodes`` points of the noise in [-8, 8]. Returns an array shaped like ``alpha_bar``
+    (0 where alpha_bar = 1). A denoiser that sees the whole image can only do better.
+    """
+    import numpy as np
+
+    levels = np.asarray(levels, dtype=np.float64).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if levels.shape != probs.shape or np.any(probs < 0) or not np.isclose(probs.sum(), 1):
+        raise ValueError(f"probs must be {levels.size} non-negative numbers that sum to 1 (one "
+                         f"per level), got {probs}; use np.unique(x, return_counts=True).")
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    if np.any(alpha_bar <= 0) or np.any(alpha_bar > 1):
+        raise ValueError("alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars).")
+    z = np.linspace(-8.0, 8.0, nodes)
+    z_weights = np.exp(-0.5 * z**2) / np.exp(-0.5 * z**2).sum()
+    log_prior = np.log(np.where(probs > 0, probs, 1e-300))
+    errors = []
+    for ab in alpha_bar.reshape(-1):
+        if ab == 1:
+            errors.append(0.0)
+            continue
+        a, s = np.sqrt(ab), np.sqrt(1 - ab)
+        x_t = a * levels[:, None] + s * z  # (true level, noise point)
+        # log q(x_0 = level k | x_t), up to a constant: (K, nodes, K)
+        log_post = log_prior - (x_t[..., None] - a * levels) ** 2 / (2 * s * s)
+        post = np.exp(log_post - log_post.max(axis=2, keepdims=True))
+        post /= post.sum(axis=2, keepdims=True)
+        mean = post @ levels
+        var = np.maximum(post @ levels**2 - mean**2, 0.0)
+        errors.append(ab / (1 - ab) * np.sum(probs[:, None] * z_weights * var))
+    return np.asarray(errors).reshape(alpha_bar.shape)
