@@ -33,7 +33,8 @@ PRETRAIN = "(train the shared model)"
 # 100 s of 2-D exercises before it needs the model), then the pages that load the model (the last
 # three train 2-D models first); pages not listed run last.
 ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "02b_score_view",
-         "03b_ddpm_on_one_screen", "05_unet", "09_your_turn", "07_sampling", "06_training",
+         "03b_ddpm_on_one_screen", "05_unet", "12_engineering", "01_background",
+         "03_noise_schedules", "10_performance", "09_your_turn", "07_sampling", "06_training",
          "08_evaluation", "13_guidance", "14_targets_flows", "15_solvers", "index")
 
 
