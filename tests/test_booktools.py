@@ -295,3 +295,14 @@ def test_visible_machinery_is_found_where_the_reader_sees_code():
     ])
     assert booktools.visible_machinery(notebook) == [
         "cell 1: glue(", "cell 4: progress=False", "cell 5: assert"]
+
+
+def test_a_glued_number_after_math_is_found():
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("with $T =$ {glue:text}`T` steps and $t \\approx$\n{glue:text}`x`"),
+        nbformat.v4.new_markdown_cell("with {glue:text}`T` steps, $a = b$ and {glue:text}`y`"),
+    ])
+    found = booktools.glue_after_math(notebook)
+    assert len(found) == 2 and all(f.startswith("cell 0") for f in found)

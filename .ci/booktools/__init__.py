@@ -259,6 +259,18 @@ def visible_machinery(notebook) -> list[str]:
     return found
 
 
+# A number filled in by the build right after a piece of math ("$T =$ {glue:text}`x`") renders
+# as math, then text in another font: write the number into the sentence instead.
+GLUE_AFTER_MATH = re.compile(r"(?:=|\\approx)\$\s*\{glue:text\}")
+
+
+def glue_after_math(notebook) -> list[str]:
+    """Markdown cells where a glued number follows an equals sign inside math."""
+    return [f"cell {index}: ...{hit.group(0)}"
+            for index, cell in enumerate(notebook.cells) if cell.cell_type == "markdown"
+            for hit in GLUE_AFTER_MATH.finditer(cell.source)]
+
+
 def check(root: Path) -> list[str]:
     """Every way the pages have drifted from their pairs or from ``_config.yml``."""
     import jupytext
@@ -282,6 +294,9 @@ def check(root: Path) -> list[str]:
         for where in visible_machinery(text):
             problems.append(f"{name}: a cell the reader sees holds book machinery ({where}); move "
                             "it to a cell tagged remove-cell, or drop it")
+        for where in glue_after_math(text):
+            problems.append(f"{name}: a glued number follows math ({where}); write it into "
+                            "the sentence (e.g. 'with {glue:text}`T` steps')")
         for where in unfolded_checks(text):
             problems.append(f"{name}: a check is shown unfolded ({where}); move it to a "
                             "cell tagged hide-cell")
