@@ -30,12 +30,13 @@ from pathlib import Path
 PRETRAIN = "(train the shared model)"
 # First the pages that do not load the shared model, longest first (as measured on the 2-core
 # machine: about 110 s in all, while the model trains for about 200 s), then "Your turn" (about
-# 100 s of 2-D exercises before it needs the model), then the pages that load the model (the last
-# three train 2-D models first); pages not listed run last.
-ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "02b_score_view",
-         "03b_ddpm_on_one_screen", "05_unet", "12_engineering", "01_background",
-         "03_noise_schedules", "10_performance", "09_your_turn", "07_sampling", "06_training",
-         "08_evaluation", "13_guidance", "14_targets_flows", "15_solvers", "index")
+# 100 s of 2-D exercises before it needs the model), then the pages that load the model ("Scores,
+# hard steps and the loss" measures it on the digits; the last three train 2-D models first);
+# pages not listed run last.
+ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "03b_ddpm_on_one_screen",
+         "05_unet", "12_engineering", "01_background", "03_noise_schedules", "10_performance",
+         "09_your_turn", "07_sampling", "06_training", "08_evaluation", "02b_score_view",
+         "13_guidance", "14_targets_flows", "15_solvers", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:
