@@ -179,12 +179,16 @@ def classifier_guidance(predict_noise, log_classifier, schedule, guidance_scale:
 
     def guided(x, t, labels, w):
         if labels is None:
-            raise ValueError("Classifier guidance needs labels=... (int array of shape (n,)).")
+            raise ValueError("Classifier guidance needs labels=... "
+                             "(int array of shape (n,)).")
         with tf.GradientTape() as tape:
             tape.watch(x)
-            log_p = tf.gather(log_classifier(x, t), tf.cast(labels, tf.int32), batch_dims=1)
-        gradient = tape.gradient(log_p, x)  # grad log p(label | x_t), one row per sample
-        sigma = schedule.gather("sqrt_one_minus_alpha_bars", t, ndim=x.shape.rank)
+            log_p = tf.gather(log_classifier(x, t),
+                              tf.cast(labels, tf.int32), batch_dims=1)
+        # grad log p(label | x_t), one row per sample
+        gradient = tape.gradient(log_p, x)
+        sigma = schedule.gather("sqrt_one_minus_alpha_bars", t,
+                                ndim=x.shape.rank)
         # Eq. (13.1) (``eq-classifier-guidance``), as a noise prediction
         return predict_noise(x, t, None) - w * sigma * gradient
 
