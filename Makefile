@@ -30,9 +30,11 @@ help:
 	@echo "make bench         - timing scripts in benchmarks/ (writes benchmarks/results/)"
 	@echo "make bench-book    - wall time of every chapter, make book and make test"
 
+# --no-compile: Python compiles the modules it imports when it first imports them; compiling all
+# of TensorFlow's at install time costs about 20 s of the first `make book` on 2 cores.
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-compile -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -100,3 +100,19 @@ def test_at_alpha_bar_one_the_data_density_and_no_noise_to_predict():
     assert np.allclose(post["log_density"], direct)
     assert np.all(post["eps_mean"] == 0.0)
     assert np.allclose(post["x0_mean"], x) and np.allclose(post["x0_var"], 0.0)
+
+
+def test_many_rows_in_chunks_equal_one_row_at_a_time():
+    # With many components the rows are processed a few at a time; each row, with its own
+    # alpha_bar, must come out as if it were computed alone.
+    rng = np.random.default_rng(5)
+    means = rng.standard_normal((2000, 2))
+    stds = rng.uniform(0.05, 0.3, (2000, 2))
+    weights = rng.dirichlet(np.ones(2000))
+    x = rng.standard_normal((70, 2))
+    ab = rng.uniform(0.01, 1.0, 70)
+    together = gaussian_mixture_posterior(x, ab, means, stds, weights)
+    for i in (0, 15, 16, 17, 33, 69):
+        alone = gaussian_mixture_posterior(x[i:i + 1], ab[i], means, stds, weights)
+        for key, value in alone.items():
+            np.testing.assert_allclose(together[key][i], value[0], rtol=1e-12, atol=1e-14)

@@ -175,6 +175,18 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
     ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64).reshape(-1), (x.shape[0],))
     if np.any(ab <= 0) or np.any(ab > 1):
         raise ValueError("alpha_bar must lie in (0, 1] (e.g. schedule.alpha_bars[t]).")
+    # A few rows at a time: the (rows, K, D) temporaries then stay in the CPU's cache (about twice
+    # as fast for K = 1024 as all rows at once); each row's arithmetic is the same.
+    rows = max(1, 2**16 // (k * d))
+    parts = [_mixture_posterior_rows(x[i:i + rows], ab[i:i + rows], means, s2, weights)
+             for i in range(0, x.shape[0], rows)]
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _mixture_posterior_rows(x, ab, means, s2, weights):
+    """:func:`gaussian_mixture_posterior` for the rows ``x`` (n, D) at ``ab`` (n,)."""
+    import numpy as np
+
     ab = ab[:, None, None]  # (N, 1, 1) against (N, K, D)
     # q_t: component k has mean sqrt(ab) mu_k and variance ab s_k^2 + 1 - ab
     var = ab * s2 + 1.0 - ab  # (N, K, D)
