@@ -397,6 +397,11 @@ def test_iterate_batches_resumes_at_any_step_across_epochs():
             x, y = next(resumed)
             np.testing.assert_array_equal(x.numpy(), expected[0].numpy())
             np.testing.assert_array_equal(y.numpy(), expected[1].numpy())
+    for start, stop in ((0, 7), (1, 4), (5, 6)):  # a run that stops: its batches, then no more epochs
+        batches = list(pipeline.iterate_batches(source, 4, seed=3, start_step=start, stop_step=stop))
+        assert len(batches) == stop + stop % 2 - start  # to the end of the epoch of the last step
+        for (x, y), expected in zip(batches, reference[start:stop]):
+            np.testing.assert_array_equal(x.numpy(), expected[0].numpy())
 
 
 def test_training_batches_come_without_the_autotuning_thread():

@@ -90,18 +90,24 @@ def _shuffled(source: DataSource, buffer_size: int, epoch_seed: int):
     return source.elements.shuffle(**order).map(source.load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0, **pipeline_kwargs):
-    """Endless training batches from step ``start_step`` on: epoch after epoch of :func:`make_pipeline`.
+def iterate_batches(source: DataSource, batch_size: int, *, seed: int = 0, start_step: int = 0,
+                    stop_step: int | None = None, **pipeline_kwargs):
+    """Training batches from step ``start_step`` on: epoch after epoch of :func:`make_pipeline`.
 
     Step ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``, so starting at
     ``start_step`` gives exactly the batches an uninterrupted run sees from there. Epochs are
     chained into datasets of about 1000 steps: starting an iterator costs a few milliseconds,
-    which matters when an epoch of the digits is only a couple of dozen steps.
+    which matters when an epoch of the digits is only a couple of dozen steps. ``stop_step``
+    (endless if None) ends the batches at that step, so that a short run builds only the epochs
+    it uses (each epoch of a folder of images traces its own ``map`` functions).
     """
     steps_per_epoch = source.steps_per_epoch(batch_size)
     epoch, skip = divmod(int(start_step), steps_per_epoch)
     chunk = max(1, min(50, 1000 // steps_per_epoch))
-    while True:
+    last_epoch = None if stop_step is None else -(-int(stop_step) // steps_per_epoch)  # exclusive
+    while last_epoch is None or epoch < last_epoch:
+        if last_epoch is not None:
+            chunk = min(chunk, last_epoch - epoch)
         yield from epochs_dataset(source, batch_size, epoch, chunk, seed=seed, skip=skip, **pipeline_kwargs)
         epoch, skip = epoch + chunk, 0
 

@@ -268,7 +268,7 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
         train_step = make_train_step(model, optimizer, schedule, loss_fn, jit_compile=config["xla"], **step_options)
     else:
         train_step = make_distributed_train_step(strategy, model, optimizer, schedule, loss_fn, **step_options)
-    batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start)
+    batches = iterate_batches(source, profile.batch_size, seed=seed, start_step=start, stop_step=steps)
     curve = _History(history, learning_rates(rate, start, steps), start)
     clock, last_saved, bar, last_flush = _Clock(start, meta), start or None, None, 0.0
     log = RunLog(run_dir, tensorboard=tensorboard, sample_every=sample_every, ema_model=ema_model, schedule=schedule,
