@@ -174,3 +174,14 @@ def test_paired_fd_difference_variance_is_var_a_plus_var_b_minus_twice_the_covar
     assert ((single.high - single.low) / (2 * t)) ** 2 == pytest.approx(var_a, rel=1e-9)
     assert cov > 0  # the pairing helps here: the difference is narrower than var_a + var_b
     assert (d.high - d.low) / 2 < t * np.sqrt(var_a + var_b)
+
+
+def test_kid_interval_is_unbiased_for_sets_of_the_same_distribution():
+    # Two independent sets from one distribution: the unbiased MMD^2 sits at 0 within its
+    # interval, at a small n where the biased estimate (diagonal kept) would sit well above it.
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((400, 8))
+    same = intervals.kid_interval_of_features(rng.standard_normal((64, 8)), reference)
+    assert same.contains(0.0)
+    shifted = intervals.kid_interval_of_features(rng.standard_normal((64, 8)) + 0.5, reference)
+    assert shifted.low > 0 and shifted.value > 10 * abs(same.value)

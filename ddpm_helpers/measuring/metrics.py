@@ -113,7 +113,8 @@ class Evaluator:
         self.held_out_images = quantize(held_x)
         self.image_shape = self.held_out_images.shape[1:]
         self.train_features = classifier.features(self.train_images)
-        self.held_out_stats = feature_statistics(classifier.features(self.held_out_images))
+        self.held_out_features = classifier.features(self.held_out_images)
+        self.held_out_stats = feature_statistics(self.held_out_features)
         self.real_confident_share = float(np.mean(
             classifier.probabilities(self.held_out_images).max(1) > CONFIDENCE_THRESHOLD))
         self._references: dict[int, tuple] = {}

@@ -178,13 +178,14 @@ def gaussian_mixture_posterior(x_t, alpha_bar, means, stds, weights=None):
     # A few rows at a time: the (rows, K, D) temporaries then stay in the CPU's cache (about twice
     # as fast for K = 1024 as all rows at once); each row's arithmetic is the same.
     rows = max(1, 2**16 // (k * d))
-    parts = [_mixture_posterior_rows(x[i:i + rows], ab[i:i + rows], means, s2, weights)
+    parts = [mixture_posterior_rows(x[i:i + rows], ab[i:i + rows], means, s2, weights)
              for i in range(0, x.shape[0], rows)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
-def _mixture_posterior_rows(x, ab, means, s2, weights):
-    """:func:`gaussian_mixture_posterior` for the rows ``x`` (n, D) at ``ab`` (n,)."""
+def mixture_posterior_rows(x, ab, means, s2, weights):
+    """The body of :func:`gaussian_mixture_posterior`, for the rows ``x`` (n, D) at ``ab`` (n,),
+    with ``s2`` the components' variances (K, D): Eq. (6.2) (``eq-mixture-score``)."""
     import numpy as np
 
     ab = ab[:, None, None]  # (N, 1, 1) against (N, K, D)
