@@ -116,11 +116,11 @@ def epochs_dataset(source: DataSource, batch_size: int, epoch: int, count: int, 
                    skip: int = 0, **pipeline_kwargs):
     """The ``count`` epochs from ``epoch`` on, one after another, less their first ``skip`` batches.
 
-    Without ``tf.data``'s autotuning thread (:func:`_no_autotune`): deleting an iterator waits for
-    that thread's sleep between two optimisations, which grows to tens of seconds, so every chunk
-    of :func:`iterate_batches` ended with a pause that long (20 to 36 s at each 1000 steps of the
-    default profile, measured on the book's 2-core machine: a third of its training time). The
-    batches and their order are the same with and without it.
+    Without ``tf.data``'s autotuning thread (``options.autotune.enabled = False``): deleting an
+    iterator waits for that thread's sleep between two optimisations, which grows to tens of
+    seconds, so every chunk of :func:`iterate_batches` ended with a pause that long (20 to 36 s at
+    each 1000 steps of the default profile, measured on the book's 2-core machine: a third of its
+    training time). The batches and their order are the same with and without it.
     """
     import tensorflow as tf
 
