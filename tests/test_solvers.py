@@ -148,3 +148,33 @@ def test_flow_matching_takes_another_path_and_paired_noise():
     assert float(loss) == 0.0
     with pytest.raises(ValueError, match="pair one draw"):
         toy_flows.train_flow_toy(data, steps=1, noise=np.zeros((3, 2)))
+
+
+def test_flow_training_of_a_unet_starts_from_given_weights_with_one_r_per_image():
+    from ddpm_helpers import get_profile
+    from ddpm_helpers.engine.flow_training import train_flow
+    from ddpm_helpers.method.unet import build_unet_for_profile
+
+    profile = get_profile("smoke")
+    images = np.random.default_rng(0).uniform(-1, 1, (40, 8, 8, 1)).astype(np.float32)
+    start = build_unet_for_profile(profile).get_weights()
+    shapes = []
+
+    def recorded_straight(x0, noise, r):
+        shapes.append(r.shape.as_list())
+        return flows.straight_path(x0, noise, r)
+
+    # Adam moves each weight by about the learning rate per step: with 1e-9 the network and
+    # its average stay where they started.
+    run = train_flow(images, lambda: build_unet_for_profile(profile), steps=2, batch_size=8,
+                     learning_rate=1e-9, ema_decay=0.9, initial_weights=start,
+                     path=recorded_straight, progress=False)
+    assert shapes and all(shape == [8, 1, 1, 1] for shape in shapes)
+    fresh = build_unet_for_profile(profile).get_weights()
+    assert max(np.max(np.abs(a - b)) for a, b in zip(fresh, start)) > 1e-3
+    for weights in (run.model.get_weights(), run.ema_model.get_weights()):
+        assert max(np.max(np.abs(a - b)) for a, b in zip(weights, start)) < 1e-6
+    assert np.all(np.isfinite(run.history["loss"])) and run.steps == 2
+    with pytest.raises(ValueError, match="examples along its first axis"):
+        train_flow(np.zeros(5), lambda: build_unet_for_profile(profile), steps=1,
+                   batch_size=2, learning_rate=1e-3, ema_decay=0.9)

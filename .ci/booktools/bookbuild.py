@@ -29,14 +29,16 @@ from pathlib import Path
 
 PRETRAIN = "(train the shared model)"
 # First the pages that do not load the shared model, longest first (as measured on the 2-core
-# machine: about 110 s in all, while the model trains for about 200 s), then "Your turn" (about
-# 100 s of 2-D exercises before it needs the model), then the pages that load the model ("Scores,
-# hard steps and the loss" measures it on the digits; the last three train 2-D models first);
-# pages not listed run last.
+# machine: about 170 s in all, while the model trains for about 160 s), then "Your turn" (about
+# 80 s of 2-D exercises before it needs the model), then the pages that load the model: "Sampling"
+# first (it draws the samples that later pages read from the run folder), then "Guidance" (the
+# longest, about 110 s), so that shorter pages fill the end of the build ("Scores, hard steps and
+# the loss" measures the model on the digits; the last two train more models first). Pages not
+# listed run last.
 ORDER = ("04_diffusion_2d", "11_scaling_up", "02_forward_reverse", "03b_ddpm_on_one_screen",
          "05_unet", "12_engineering", "01_background", "03_noise_schedules", "10_performance",
-         "09_your_turn", "07_sampling", "06_training", "08_evaluation", "02b_score_view",
-         "13_guidance", "14_targets_flows", "15_solvers", "index")
+         "09_your_turn", "07_sampling", "13_guidance", "06_training", "08_evaluation",
+         "02b_score_view", "14_targets_flows", "15_solvers", "index")
 
 
 def toc_pages(root: Path) -> list[Path]:

@@ -785,6 +785,8 @@ def settings_text(docname: str, text: str, site: str) -> str:
         trains.append("a class-conditional model, started from the shared one")
     if "train_toy(" in text:
         trains.append("small models on two-dimensional data")
+    if "train_flow(" in text:
+        trains.append("a velocity network by flow matching, started from the shared model")
     if "load_or_train_classifier(" in text:
         trains.append("a small classifier of digits")
     seconds = chapter.get("seconds")
