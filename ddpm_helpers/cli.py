@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     xla.add_argument("--no-xla", dest="xla", action="store_false", default=None,
                      help="compile the training step without XLA (compiles faster; whether it runs slower depends on "
                           "the machine and the threads, see benchmarks/bench_cpu_options.py; by default XLA is "
-                          "used for runs of 1000 steps or more, and a resumed run keeps its setting)")
+                          "used for runs of 1000 steps or more, except on a CPU with TF_NUM_INTRAOP_THREADS=1, "
+                          "and a resumed run keeps its setting)")
     xla.add_argument("--xla", dest="xla", action="store_true", help="compile the training step with XLA")
     train.add_argument("--strategy", default="none", choices=["none", "mirrored", "multiworker", "tpu"],
                        help="tf.distribute strategy: mirrored (all GPUs of this machine), multiworker (several "

@@ -344,3 +344,18 @@ def test_cli_trains_a_tiny_run_and_refuses_to_overwrite(tmp_path, capsys):
     assert "kaggle.com" in capsys.readouterr().err
     assert main(["train", "--profile", "smoke", "--out", str(tmp_path / "y"), "--batch-size", "0"]) == 1
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_xla_by_default_for_long_runs_unless_tensorflow_has_one_cpu_thread(monkeypatch, tmp_path,
+                                                                            tiny_digits):
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "2")
+    assert training.xla_by_default(training.XLA_MIN_STEPS)
+    assert not training.xla_by_default(training.XLA_MIN_STEPS - 1)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # as make book runs each chapter
+    assert not training.xla_by_default(10 * training.XLA_MIN_STEPS)
+    # train() asks it: a run long enough for XLA, on one thread, is compiled without it
+    monkeypatch.setattr(training, "XLA_MIN_STEPS", 2)
+    run = training.train(PROFILE, tmp_path / "run", steps=2, data=tiny_digits[0], progress=False)
+    assert run.config["xla"] is False
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "2")
+    assert training.xla_by_default(2)

@@ -244,9 +244,9 @@ def _unrelated_files(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
 
 
-def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_min_steps: int) -> int:
+def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_default: bool) -> int:
     """The step a run starts from, after checking ``run_dir``; completes ``config`` (``xla``:
-    default the resumed run's, else XLA from ``xla_min_steps`` steps on; ``changes``).
+    default the resumed run's, else ``xla_default``; ``changes``).
 
     - A new run (``resume`` False): a run already in ``run_dir`` is moved aside
       (:func:`move_aside`); a folder that holds other files is refused (nothing is moved).
@@ -281,7 +281,7 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, steps: int, xla_m
     if found is None:
         if config["xla"] is None:
             stored = stored_config(run_dir) if resume else None
-            config["xla"] = stored.get("xla") if stored and stored.get("xla") is not None else steps >= xla_min_steps
+            config["xla"] = stored.get("xla") if stored and stored.get("xla") is not None else xla_default
         run_dir.mkdir(parents=True, exist_ok=True)
         return 0
     stored = read_config(run_dir)

@@ -42,7 +42,7 @@ from ddpm_helpers.engine.trained_run import TrainedRun, load_run, start_from, st
 __all__ = [
     "CONFIG_FILE", "FORMAT_VERSION", "LR_SCHEDULES", "RNG_ALGORITHM", "RUNS_DIR_ENV_VAR", "RUNNING_LOSS_DECAY",
     "XLA_MIN_STEPS", "ConstantLearningRate", "ExponentialMovingAverage", "NonFiniteLossError", "RunBusyError",
-    "RunCheckpoint", "TrainingInterrupted",
+    "RunCheckpoint", "TrainingInterrupted", "xla_by_default",
     "make_strategy", "profile_from_dict",
     "SeedLearningRate", "TrainedRun", "_atomic_write_bytes", "build_models", "checkpoint_path",
     "config_differences", "config_identity", "default_runs_dir", "draw_step_randomness", "drop_labels", "evaluation_loss",
@@ -52,7 +52,29 @@ __all__ = [
     "write_config",
 ]
 
-XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see its jit_compile)
+XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see xla_by_default)
+
+
+def xla_by_default(steps: int) -> bool:
+    """Whether :func:`train` compiles the step with XLA when ``jit_compile`` is not given.
+
+    Yes for runs of at least ``XLA_MIN_STEPS`` steps, except on a CPU that TensorFlow may use with
+    one thread only (no GPU or TPU, ``TF_NUM_INTRAOP_THREADS=1``, as ``make book`` sets for each of
+    its two processes): there the fused step took longer per step than the plain one for the
+    book's networks (``benchmarks/bench_cpu_options.py``, appendix "Performance"), and its
+    compilation takes longer too.
+    """
+    import os
+
+    import tensorflow as tf
+
+    if steps < XLA_MIN_STEPS:
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return True
+    threads = (tf.config.threading.get_intra_op_parallelism_threads()
+               or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or os.cpu_count() or 1)
+    return threads > 1
 RUNNING_LOSS_DECAY = 0.98  # smoothing of the loss curve shown by the progress bar and the chapter
 PROGRESS_SECONDS = 0.5  # the loop reads the losses back (a host sync) at most this often, and at checkpoints
 
@@ -169,9 +191,8 @@ def train(profile=None, run_dir=None, *, steps: int | None = None, resume: bool 
       step and the last good checkpoint: that step's update is not applied and nothing is saved
       after it. ``loss_fn`` overrides the profile's loss (tests use it), ``on_step(step, loss)``
       is called after every step (which then reads every loss back at once: slower).
-    - ``jit_compile``: compile the step with XLA (on the book's small CPU networks this halves the
-      time per step, but compiles longer). Default: the resumed run's setting, else XLA for runs
-      of at least ``XLA_MIN_STEPS`` steps.
+    - ``jit_compile``: compile the step with XLA (fewer, fused kernels; the first step compiles
+      longer). Default: the resumed run's setting, else :func:`xla_by_default`.
     - ``strategy``: a ``tf.distribute`` strategy or a name for
       :func:`ddpm_helpers.engine.distribute.make_strategy` (with ``replicas``); ``profile.batch_size`` is
       the global batch. The result does not depend on the number of replicas (up to float
@@ -251,7 +272,7 @@ def _train_in(stop, run_dir, profile, source, config, settings, *, resume, progr
         profile, num_classes=settings["num_classes"], lr_schedule=settings["lr_schedule"], steps=steps,
         warmup_steps=settings["warmup_steps"], lr_decay_steps=settings["lr_decay_steps"],
         strategy=strategy, precision=config["precision"])
-    start = prepare_run_dir(run_dir, config, resume, steps, XLA_MIN_STEPS)
+    start = prepare_run_dir(run_dir, config, resume, steps, xla_by_default(steps))
     checkpoint = RunCheckpoint(run_dir, model, ema_model, optimizer, seed=seed, keep=settings["keep_checkpoints"])
     _, history, meta = checkpoint.restore(start) if start else (0, {key: [] for key in HISTORY_KEYS}, {})
     checkpoint.seed.assign(seed)  # the seed that keys the steps from here on
