@@ -327,6 +327,10 @@ def test_a_folded_cell_is_titled_by_the_first_sentence_of_its_comment():
         "per pixel")
     assert colab.cell_title("# Gaussian data x_0 ~ N(0, s^2): q(x_t) is Gaussian\nx = 1") == (
         "Gaussian data x_0 ~ N(0, s^2)")
+    # "Eq." does not end the sentence; the list of a chapter's checks has its own title
+    assert colab.cell_title("# Eq. (14.3) against the KL. More.\nx = 1") == (
+        "Eq. (14.3) against the KL")
+    assert colab.cell_title("display(check.table())\n") == "All checks of this chapter"
 
 
 def test_install_ref_pins_a_variable_or_the_commit_being_built_or_falls_back(tmp_path, monkeypatch):

@@ -703,8 +703,11 @@ def cell_title(source: str, tags=()) -> str:
         if not line.startswith("#") or line.startswith("#@"):
             break
         comment.append(line.lstrip("# "))
-    if comment:
-        return re.split(r"(?<=[.:;])\s", " ".join(comment), maxsplit=1)[0].rstrip(".:;")
+    if comment:  # the first sentence; "Eq." and "Fig." do not end one
+        return re.split(r"(?<!Eq\.)(?<!Fig\.)(?<=[.:;])\s", " ".join(comment),
+                        maxsplit=1)[0].rstrip(".:;")
+    if "check.table()" in source:
+        return "All checks of this chapter"
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -805,7 +808,7 @@ def settings_text(docname: str, text: str, site: str) -> str:
     if seconds is not None:
         parts.append(
             f"With `{PUBLISHED_PROFILE}` it takes {_minutes(seconds)} on a 2-core CPU such as "
-            f"Colab's CPU runtime (measured for the book on {costs['date']}, `make bench-book`"
+            f"Colab's CPU runtime (measured for the book on {costs['date']}"
             + (", training included" if trains else "") + "). A GPU runtime was not measured; "
             "the models are small enough that it is not needed.")
     others = "; ".join(f"`{name}`, {PROFILE_WORDS.get(name, get_profile(name).description)}"
