@@ -1,5 +1,5 @@
-"""Smoke test of benchmarks/bench_scaling.py: one tiny round of every variant writes a record with
-the ratios ``make bench`` reports (no timing is checked)."""
+"""Smoke test of benchmarks/bench_scaling.py: one tiny round of the baseline and the strategy writes
+a record with the ratios ``make bench`` reports (no timing is checked)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def test_scaling_benchmark_writes_ratios_for_every_variant(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "--profiles", "smoke", "--batch", "4",
-         "--rounds", "1", "--steps", "1", "--min-seconds", "0", "--out", str(out)],
+         "--rounds", "1", "--steps", "1", "--min-seconds", "0", "--out", str(out),
+         # the baseline and the strategy (its overhead is computed against the baseline); the
+         # other variants take the same path through the script and only cost time here
+         "--variants", "package,package_mirrored2"],
         check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -29,7 +32,7 @@ def test_scaling_benchmark_writes_ratios_for_every_variant(tmp_path):
     smoke = record["profiles"]["smoke"]
     assert smoke["replicas"] == 2 and smoke["batch_size"] == 4
     variants = smoke["variants"]
-    assert set(variants) == {"package", "package_mixed", "package_xla", "package_mirrored2"}
+    assert set(variants) == {"package", "package_mirrored2"}
     for values in variants.values():
         assert values["images_per_second"] > 0 and values["ratio_vs_package"] > 0
     assert variants["package"]["ratio_vs_package"] == 1.0
