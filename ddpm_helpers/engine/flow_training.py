@@ -1,5 +1,5 @@
 """Training a velocity network by flow matching (chapters "Four targets and the flow view" and
-"Faster samplers").
+"Sampling past Euler").
 
 :func:`train_flow` fits any Keras network ``model([z, k])`` (the 2-D MLP, the book's U-Net) to the
 velocity of a path from data to noise, Eq. (14.6) (``eq-fm-loss``). Its integer time input k

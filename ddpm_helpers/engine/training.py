@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 XLA_MIN_STEPS = 1000  # train() compiles with XLA from this many steps on (see xla_by_default)
+RUNNING_LOSS_DECAY = 0.98  # smoothing of the loss curve shown by the progress bar and the chapter
+PROGRESS_SECONDS = 0.5  # the loop reads the losses back (a host sync) at most this often, and at checkpoints
 
 
 def xla_by_default(steps: int) -> bool:
@@ -60,9 +62,9 @@ def xla_by_default(steps: int) -> bool:
 
     Yes for runs of at least ``XLA_MIN_STEPS`` steps, except on a CPU that TensorFlow may use with
     one thread only (no GPU or TPU, ``TF_NUM_INTRAOP_THREADS=1``, as ``make book`` sets for each of
-    its two processes): there the fused step took longer per step than the plain one for the
-    book's networks (``benchmarks/bench_cpu_options.py``, appendix "Performance"), and its
-    compilation takes longer too.
+    its two processes): there the benchmark record (``benchmarks/bench_cpu_options.py``, appendix
+    "Performance") has the fused step slower per step than the plain one at the default batch,
+    and its compilation takes longer.
     """
     import os
 
@@ -75,8 +77,6 @@ def xla_by_default(steps: int) -> bool:
     threads = (tf.config.threading.get_intra_op_parallelism_threads()
                or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or os.cpu_count() or 1)
     return threads > 1
-RUNNING_LOSS_DECAY = 0.98  # smoothing of the loss curve shown by the progress bar and the chapter
-PROGRESS_SECONDS = 0.5  # the loop reads the losses back (a host sync) at most this often, and at checkpoints
 
 
 class _History:
