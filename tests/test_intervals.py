@@ -185,3 +185,21 @@ def test_kid_interval_is_unbiased_for_sets_of_the_same_distribution():
     assert same.contains(0.0)
     shifted = intervals.kid_interval_of_features(rng.standard_normal((64, 8)) + 0.5, reference)
     assert shifted.low > 0 and shifted.value > 10 * abs(same.value)
+
+
+def test_paired_ratio_reduces_to_the_mean_when_the_denominator_is_fixed_and_covers():
+    a = np.array([1.0, 2.0, 3.5, 4.0, 2.5])
+    r = intervals.paired_ratio(a, np.full(5, 2.0))
+    m = intervals.mean_interval(a)
+    assert (r.value, r.low, r.high) == pytest.approx((m.value / 2, m.low / 2, m.high / 2))
+    # Coverage: distances and floors that share a draw (positively correlated), true ratio 1.2.
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        shared = rng.normal(0, 0.3, 5)
+        floors = 5 + shared + rng.normal(0, 0.2, 5)
+        distances = 6 + 1.2 * shared + rng.normal(0, 0.2, 5)
+        hits += intervals.paired_ratio(distances, floors).contains(1.2)
+    assert 0.92 <= hits / 2000 <= 0.98
+    with pytest.raises(ValueError, match="paired"):
+        intervals.paired_ratio(a, a[:3])

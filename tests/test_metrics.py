@@ -119,6 +119,21 @@ def test_uint8_and_float_inputs_agree(evaluator):
     assert evaluator.fd_to_real(x) == pytest.approx(evaluator.fd_to_real(to_uint8(x)), rel=1e-6)
 
 
+def test_every_score_sees_the_8_bit_images(evaluator):
+    # Samples in memory (float) and the same samples read back from a uint8 file score alike: the
+    # classifier rounds to 8 bits first, so the confident share of the page's table and of the
+    # command line agree to the sample.
+    from ddpm_helpers.measuring import intervals
+    from ddpm_helpers.notebook.plotting import to_uint8
+
+    x = evaluator.held_out_images[:200]
+    x = np.clip(x + np.random.default_rng(3).normal(0, 0.01, x.shape), -1, 1).astype(np.float32)
+    classifier = evaluator.classifier
+    np.testing.assert_allclose(classifier.probabilities(x), classifier.probabilities(to_uint8(x)), atol=1e-6)
+    share = intervals.confident_interval(classifier, x).value
+    assert share == evaluator.evaluate(x).confident_share == evaluator.evaluate(to_uint8(x)).confident_share
+
+
 def test_evaluate_cli(evaluator, tmp_path, runs_dir, monkeypatch, capsys):
     from ddpm_helpers.cli import main
     from ddpm_helpers.engine.sample_files import save_samples

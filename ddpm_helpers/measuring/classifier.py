@@ -79,18 +79,21 @@ class Classifier:
 
     @staticmethod
     def _apply(network, images, batch_size: int) -> np.ndarray:
+        # Every image set is scored as 8-bit images (quantize), whether it comes from a file of
+        # uint8 samples or from memory: the same samples give the same numbers either way.
         # Direct calls in batches: unlike Model.predict, no new trace for every input size.
-        x = as_model_range(images)
+        x = quantize(images)
         outputs = [np.asarray(network(x[start:start + batch_size], training=False), dtype=np.float64)
                    for start in range(0, len(x), batch_size)]
         return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(network.output.shape[1:]))
 
     def features(self, images, batch_size: int = 1024) -> np.ndarray:
-        """Penultimate-layer features (N, feature_dim), float64, of images in [-1, 1] or uint8."""
+        """Penultimate-layer features (N, feature_dim), float64, of images in [-1, 1] or uint8
+        (rounded to 8 bits first)."""
         return self._apply(self.feature_model, images, batch_size)
 
     def probabilities(self, images, batch_size: int = 1024) -> np.ndarray:
-        """Class probabilities (N, num_classes) (softmax of the logits)."""
+        """Class probabilities (N, num_classes) (softmax of the logits), of images rounded to 8 bits."""
         from scipy.special import softmax
 
         return softmax(self._apply(self.model, images, batch_size), axis=1)

@@ -179,6 +179,21 @@ def paired_mean_difference(a_values, b_values, level: float = DEFAULT_LEVEL) -> 
     return dataclasses.replace(interval, method=f"paired {interval.method}")
 
 
+def paired_ratio(a_values, b_values, level: float = DEFAULT_LEVEL) -> Interval:
+    """``mean(a) / mean(b)`` over paired repeated measurements (e.g. a distance and its floor from
+    the same fresh draw), with a Student's t interval from the delta method: the standard error of
+    the ratio is that of the mean of ``a - ratio * b``, divided by ``mean(b)``."""
+    from scipy.stats import t as student
+
+    a, b = np.asarray(a_values, np.float64), np.asarray(b_values, np.float64)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"Need at least 2 paired measurements of each, got {a.shape} and {b.shape}.")
+    ratio = float(a.mean() / b.mean())
+    se = float((a - ratio * b).std(ddof=1) / math.sqrt(len(a)) / abs(b.mean()))
+    half = float(student.ppf(0.5 + level / 2, len(a) - 1) * se)
+    return Interval(ratio, ratio - half, ratio + half, level, f"delta-method t interval over {len(a)} pairs")
+
+
 def independent_difference(a: Interval, b: Interval) -> Interval:
     """``a - b`` for two numbers measured on independent samples (e.g. generated and real
     images), from their symmetric normal-theory intervals: the standard errors add in squares."""
