@@ -26,6 +26,8 @@ def _site(tmp_path: Path, **outputs: str) -> Path:
     ("/usr/lib/python3/site.py:1: UserWarning: something", "Python warning"),
     ("all checks PASS", "word for the makers"),
     ("saved to {runs}/default/ckpt-4", "path of this machine"),
+    ("</pre><table><tr><td>eq-jackknife</td><td>paired se</td></tr></table><pre>",
+     "equation label instead of its number"),
 ])
 def test_each_kind_of_noise_is_found_in_the_article(tmp_path, monkeypatch, output, what):
     monkeypatch.setenv("DDPM_RUNS_DIR", str(tmp_path / "runs"))

@@ -477,8 +477,10 @@ class NotebookWriter:
         return text
 
     def figure_caption(self, figure) -> str:
-        number = self.number("figure", figure)
-        label = (self.config.numfig_format["figure"] % number) if number else "Figure"
+        figtype = "table" if type(figure).__name__ == "table_output" else "figure"
+        number = self.number(figtype, figure)
+        default = "Table" if figtype == "table" else "Figure"
+        label = (self.config.numfig_format[figtype] % number) if number else default
         caption = next(figure.findall(nodes.caption), None)
         text = self.inline(caption) if caption is not None else ""
         return f"**{label}.** {text}".rstrip()

@@ -6,7 +6,9 @@ scan reads the article of every page of a built site (``_build/html/book/*.html`
 - machine noise in an output: a Python traceback, a TensorFlow/absl log line
   (``E0000 00:00:... util.cc:131] ...``) or a Python warning (``UserWarning: ...``);
 - a path of the machine that built the book (the repository, ``$DDPM_RUNS_DIR``, the home folder);
-- words only the book's makers use (PASS/FAIL, "the seed chapter").
+- words only the book's makers use (PASS/FAIL, "the seed chapter");
+- an equation label where its number belongs (a table cell ``eq-jackknife`` in a list of checks:
+  ``_ext/check_equations.py`` numbers them).
 
     python -m booktools.sitescan _build/html
 """
@@ -25,6 +27,9 @@ NOISE = {
     "a Python warning": re.compile(r"\b[A-Z]\w*Warning: "),
     "a word for the makers": re.compile(r"\bPASS(ED)?\b|\bFAIL(ED)?\b|the seed chapter"),
 }
+
+
+LABEL_CELL = re.compile(r"<td>(eq-[A-Za-z0-9_-]+)</td>")
 
 
 def machine_paths(root: Path) -> list[str]:
@@ -66,7 +71,10 @@ def scan_site(html_dir: Path, root: Path | None = None) -> dict[str, list[str]]:
     paths = machine_paths(root or Path.cwd())
     found = {}
     for page in pages:
-        problems = scan_page(article_text(page.read_text(encoding="utf-8")), paths)
+        html = page.read_text(encoding="utf-8")
+        problems = scan_page(article_text(html), paths)
+        problems += [f"an equation label instead of its number: {label}"
+                     for label in LABEL_CELL.findall(html)]
         if problems:
             found[page.name] = problems
     return found

@@ -55,12 +55,13 @@ class CheckLog:
         return len(self.records)
 
     def table(self):
-        """Every check so far as an HTML table (equation, what, measured value, condition)."""
+        """Every check so far as an HTML table (equation, what, measured value, condition). The
+        book's build shows each equation label as the equation's number."""
         symbol = {"<=": "\u2264", ">=": "\u2265"}
         rows = []
         for eq, what, value, rel, bound in self.records:
             if rel == "==":
-                rows.append((eq, what, "holds", ""))
+                rows.append(("the text", what, "holds", ""))
             else:
                 rows.append((eq, what, f"{value:.2e}", f"{symbol[rel]}\u00a0{bound:.2e}"))
         return html_table(["equation", "what was compared", "measured", "holds if"], rows)
