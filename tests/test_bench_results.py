@@ -26,14 +26,15 @@ def test_ratios_are_with_xla_over_without_and_can_be_limited_to_one_batch():
 @pytest.mark.parametrize("speeds, verdict", [
     ({(1, 64): (100.0, 80.0), (2, 64): (100.0, 70.0)}, "slowed down every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 125.0)}, "helped in every setting"),
-    ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 70.0)}, "helped in 1 of 2 settings and slowed down 1"),
+    ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 70.0)}, "helped in one of the two settings and slowed down one"),
     ({(1, 64): (100.0, 105.0), (2, 64): (100.0, 97.0)},
-     "made no difference larger than the spread between its rounds in every setting"),
+     "made no difference beyond the spread between its rounds in any setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 95.0), (4, 64): (100.0, 50.0)},
-     "helped in 1 of 3 settings, slowed down 1 and made no difference larger than the spread between its"
-     " rounds in the other 1"),
-    ({(1, 64): (100.0, 95.0), (4, 64): (100.0, 50.0)},
-     "slowed down 1 of 2 settings and made no difference larger than the spread between its rounds in the other 1"),
+     "helped in one of the three settings, slowed down one, and made no difference beyond the spread between"
+     " its rounds in the remaining one"),
+    ({(1, 64): (100.0, 95.0), (4, 64): (100.0, 50.0), (8, 64): (100.0, 99.0)},
+     "slowed down one of the three settings and made no difference beyond the spread between its rounds in"
+     " the remaining two"),
 ])
 def test_the_verdict_follows_the_ratios_and_the_noise(speeds, verdict):
     # rounds 10 and 11 ms: a spread of 1.1, so ratios within [1/1.1, 1.1] are noise
@@ -48,8 +49,8 @@ def test_each_setting_is_judged_against_its_own_rounds():
     record["details"]["2"]["64"]["variants"]["package"]["seconds_per_step_rounds"] = [0.010, 0.014]
     assert bench_results.xla_noise(record, 1, 64) == pytest.approx(1.03)
     assert bench_results.xla_verdict(record, 64) == (
-        "slowed down 1 of 2 settings and made no difference larger than the spread between its rounds"
-        " in the other 1")
+        "slowed down one of the two settings and made no difference beyond the spread between its rounds"
+        " in the remaining one")
 
 
 def test_a_record_without_the_batch_is_named():

@@ -131,16 +131,24 @@ def xla_verdict(record: dict, batch_size: int | None = None) -> str:
     helped = sum(r > noise[s] for s, r in ratios.items())
     slowed = sum(r < 1 / noise[s] for s, r in ratios.items())
     unclear = len(ratios) - helped - slowed
-    within = "no difference larger than the spread between its rounds"
+    within = "made no difference beyond the spread between its rounds"
     if unclear == len(ratios):
-        return f"made {within} in every setting measured"
+        return f"{within} in any setting measured"
     if helped == len(ratios):
         return "helped in every setting measured"
     if slowed == len(ratios):
         return "slowed down every setting measured"
-    phrases = [(helped, "helped in {}"), (slowed, "slowed down {}"), (unclear, f"made {within} in {{}}")]
-    present = [(count, text) for count, text in phrases if count]
-    parts = [text.format(f"{count} of {len(ratios)} settings" if i == 0 else
-                         f"the other {count}" if text.startswith("made") else count)
-             for i, (count, text) in enumerate(present)]
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
+    total = _number_word(len(ratios))
+    parts = []
+    for count, text in ((helped, "helped in {}"), (slowed, "slowed down {}")):
+        if count:
+            parts.append(text.format(_number_word(count) + ("" if parts else f" of the {total} settings")))
+    if unclear:
+        parts.append(f"{within} in the remaining {_number_word(unclear) if unclear > 1 else 'one'}")
+    return ", ".join(parts[:-1]) + ", and " + parts[-1] if len(parts) > 2 else " and ".join(parts)
+
+
+def _number_word(n: int) -> str:
+    """1 -> "one", ..., 9 -> "nine"; larger numbers as digits."""
+    words = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    return words[n - 1] if 1 <= n <= 9 else f"{n:,}"
