@@ -28,13 +28,13 @@ def test_ratios_are_with_xla_over_without_and_can_be_limited_to_one_batch():
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 125.0)}, "helped in every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 70.0)}, "helped in one of the two settings and slowed down one"),
     ({(1, 64): (100.0, 105.0), (2, 64): (100.0, 97.0)},
-     "made no difference beyond the spread between its rounds in any setting"),
+     "changed the speed by less than the spread between its rounds (not resolved) in every setting"),
     ({(1, 64): (100.0, 130.0), (2, 64): (100.0, 95.0), (4, 64): (100.0, 50.0)},
-     "helped in one of the three settings, slowed down one, and made no difference beyond the spread between"
-     " its rounds in the remaining one"),
+     "helped in one of the three settings, slowed down one, and changed the speed by less than the spread"
+     " between its rounds in the remaining one (not resolved)"),
     ({(1, 64): (100.0, 95.0), (4, 64): (100.0, 50.0), (8, 64): (100.0, 99.0)},
-     "slowed down one of the three settings and made no difference beyond the spread between its rounds in"
-     " the remaining two"),
+     "slowed down one of the three settings and changed the speed by less than the spread between its rounds"
+     " in the remaining two (not resolved)"),
 ])
 def test_the_verdict_follows_the_ratios_and_the_noise(speeds, verdict):
     # rounds 10 and 11 ms: a spread of 1.1, so ratios within [1/1.1, 1.1] are noise
@@ -49,8 +49,8 @@ def test_each_setting_is_judged_against_its_own_rounds():
     record["details"]["2"]["64"]["variants"]["package"]["seconds_per_step_rounds"] = [0.010, 0.014]
     assert bench_results.xla_noise(record, 1, 64) == pytest.approx(1.03)
     assert bench_results.xla_verdict(record, 64) == (
-        "slowed down one of the two settings and made no difference beyond the spread between its rounds"
-        " in the remaining one")
+        "slowed down one of the two settings and changed the speed by less than the spread between its rounds"
+        " in the remaining one (not resolved)")
 
 
 def test_a_record_without_the_batch_is_named():

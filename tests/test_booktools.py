@@ -148,6 +148,14 @@ def test_glue_returns_nothing_so_a_cell_echoes_no_number():
     assert pages.glue("tiny_test_value", 0.123456, ".2f") is None
 
 
+@pytest.mark.parametrize("text, prose", [
+    ("2.4e-09", "2.4 × 10⁻⁹"), ("4e-05", "4 × 10⁻⁵"), ("-3.2e+12", "-3.2 × 10¹²"),
+    ("1.5e+00", "1.5"), ("0.25", "0.25"), ("12%", "12%"), ("1,234", "1,234"), ("e-05", "e-05"),
+])
+def test_a_glued_exponent_reads_as_prose(text, prose):
+    assert pages.as_prose_number(text) == prose
+
+
 def test_check_log_asserts_and_returns_nothing(capsys):
     check = CheckLog()
     assert check("eq-x", "an error", 1e-9, 1e-6) is None

@@ -362,3 +362,31 @@ def test_drift_ignores_the_pinned_commit_but_not_the_rest_of_the_install_cell(tm
     new["cells"][0]["source"] = new["cells"][0]["source"].replace("github.com", "example.org")
     (built / "01_x.ipynb").write_text(colab.dumps(new))
     assert colab.drift(built, committed)
+
+
+def test_a_removed_cell_that_only_feeds_the_prose_is_left_out_of_colab():
+    from types import SimpleNamespace
+
+    def cell(source, tags=("remove-cell",)):
+        return SimpleNamespace(cell_type="code", source=source, metadata={"tags": list(tags)})
+
+    cells = [
+        cell('glue("a", x, ".2f")'),                       # only the prose: left out
+        cell('words = f"{x:.1f}"\nglue("b", words)'),       # defines words, which cell 5 reads
+        cell('glue("c", rng.standard_normal())'),           # draws random numbers
+        cell('glue("d", x)\ncheck("eq", "what", 0, 1)'),    # checks
+        cell('glue("e", x)', tags=("hide-cell",)),          # folded, not removed
+        cell("print(words)", tags=()),
+    ]
+    found = [colab.feeds_prose_only(cells, i) for i in range(len(cells))]
+    assert found == [True, False, False, False, False, False]
+    # and no committed notebook keeps a removed cell that only glues
+    for path in sorted(COLAB.glob("*.ipynb")):
+        for c in read(path)["cells"]:
+            body = [line for line in _strip(c["source"]).splitlines() if line.strip()]
+            assert not (c["cell_type"] == "code" and body and all(
+                line.startswith("glue(") for line in body)), (path.name, c["source"][:80])
+
+
+def _strip(source: str) -> str:
+    return "\n".join(line for line in source.splitlines() if not line.startswith("#@title"))

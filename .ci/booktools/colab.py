@@ -275,6 +275,8 @@ class NotebookWriter:
 
     def add_code(self, index: int, title: str | None = None) -> None:
         self.end_markdown()
+        if title is None and feeds_prose_only(self.source.cells, index):
+            return
         cell = self.source.cells[index]
         source, metadata = cell.source.strip("\n"), {}
         tags = list(cell.metadata.get("tags", []))
@@ -506,7 +508,13 @@ class NotebookWriter:
         if not rows:
             return ""
         width = rows[0].count(" | ") + 1
-        return "\n".join([rows[0], "|" + "---|" * width, *rows[1:]])
+        body = "\n".join([rows[0], "|" + "---|" * width, *rows[1:]])
+        title = next((c for c in node.children if isinstance(c, nodes.title)), None)
+        if title is None:
+            return body
+        number = self.number("table", node)
+        label = (self.config.numfig_format["table"] % number) if number else "Table"
+        return f"**{label}.** {self.inline(title)}\n\n{body}"
 
     def admonition(self, node) -> None:
         title = next((c for c in node.children if isinstance(c, nodes.title)), None)
@@ -697,6 +705,38 @@ def page_setup_lines(source: str) -> str:
     return "\n".join(tail)
 
 
+def feeds_prose_only(cells, index: int) -> bool:
+    """Whether code cell ``index`` of a page's ``cells`` (jupytext or myst-nb cells) is one the
+    page removes whose work only reaches the page's prose (``glue``): it defines or changes
+    nothing a later cell reads, checks and shows nothing, and draws no random numbers. The Colab
+    edition, whose text already holds those numbers, leaves it out."""
+    cell = cells[index]
+    if "remove-cell" not in cell.metadata.get("tags", []):
+        return False
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError:
+        return False
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    if "glue" not in calls or calls & {"check", "check.claim", "print", "display"}:
+        return False
+    if re.search(r"\brng\b|random|seed", cell.source):
+        return False
+    touched = {n.id for n in ast.walk(tree)
+               if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+    touched |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    touched |= {(alias.asname or alias.name).split(".")[0] for n in ast.walk(tree)
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for alias in n.names}
+    touched |= {n.func.value.id for n in ast.walk(tree) if isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+                and n.func.attr in ("append", "extend", "update", "insert", "pop", "setdefault")}
+    later = set()
+    for other in cells[index + 1:]:
+        if other.cell_type == "code":
+            later |= set(re.findall(r"[A-Za-z_]\w*", other.source))
+    return not touched & later
+
+
 def cell_title(source: str, tags=()) -> str:
     """A form title for a folded cell: its first comment, what it checks, or what it does."""
     lines = [line.strip() for line in source.strip().splitlines()]
@@ -794,6 +834,10 @@ def settings_text(docname: str, text: str, site: str) -> str:
         trains.append("a velocity network by flow matching, started from the shared model")
     if "load_or_train_classifier(" in text:
         trains.append("a small classifier of digits")
+    if re.search(r"def train_step\(", text):
+        trains.append("the small network of this page, with its own loop")
+    if not trains and "training.train(" in text:
+        trains.append("short demonstration runs of a few steps")
     seconds = chapter.get("seconds")
     if (seconds is not None and uses_shared
             and PUBLISHED_PROFILE not in chapter.get("trained_runs", [])):
@@ -996,8 +1040,9 @@ def lint(notebook: dict, source_md: Path | None = None) -> list[str]:
         import jupytext
 
         page = jupytext.read(source_md)
-        page_code = [c.source.strip() for c in page.cells
-                     if c.cell_type == "code" and not _is_setup_cell(c)]
+        page_code = [c.source.strip() for i, c in enumerate(page.cells)
+                     if c.cell_type == "code" and not _is_setup_cell(c)
+                     and not feeds_prose_only(page.cells, i)]
         ours = [_strip_title(c["source"]).strip() for c in cells[3:] if c["cell_type"] == "code"]
         if ours != page_code:
             problems.append(f"its code cells are not the page's ({len(ours)} vs "

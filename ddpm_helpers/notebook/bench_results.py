@@ -131,9 +131,9 @@ def xla_verdict(record: dict, batch_size: int | None = None) -> str:
     helped = sum(r > noise[s] for s, r in ratios.items())
     slowed = sum(r < 1 / noise[s] for s, r in ratios.items())
     unclear = len(ratios) - helped - slowed
-    within = "made no difference beyond the spread between its rounds"
+    within = "changed the speed by less than the spread between its rounds"
     if unclear == len(ratios):
-        return f"{within} in any setting measured"
+        return f"{within} (not resolved) in every setting measured"
     if helped == len(ratios):
         return "helped in every setting measured"
     if slowed == len(ratios):
@@ -144,7 +144,8 @@ def xla_verdict(record: dict, batch_size: int | None = None) -> str:
         if count:
             parts.append(text.format(_number_word(count) + ("" if parts else f" of the {total} settings")))
     if unclear:
-        parts.append(f"{within} in the remaining {_number_word(unclear) if unclear > 1 else 'one'}")
+        parts.append(f"{within} in the remaining {_number_word(unclear) if unclear > 1 else 'one'} "
+                     "(not resolved)")
     return ", ".join(parts[:-1]) + ", and " + parts[-1] if len(parts) > 2 else " and ".join(parts)
 
 

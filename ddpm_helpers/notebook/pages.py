@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import html
 import inspect
+import re
 import os
 import sys
 import textwrap
@@ -88,15 +89,31 @@ def html_table(header, rows):
     return HTML(f"<table><tr>{cells('th', header)}</tr>{body}</table>")
 
 
+def as_prose_number(text: str) -> str:
+    """A number written the way prose writes it: Python's exponent notation (``"2.4e-09"``,
+    ``"4e-05"``) becomes ``"2.4 × 10⁻⁹"`` / ``"4 × 10⁻⁵"``; anything else is returned as is."""
+    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)e([+-]\d+)", text)
+    if not match:
+        return text
+    mantissa, exponent = match.group(1), int(match.group(2))
+    if exponent == 0:
+        return mantissa
+    return f"{mantissa} × 10{str(exponent).translate(_SUPERSCRIPTS)}"
+
+
+_SUPERSCRIPTS = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
 def glue(name: str, value, fmt: str | None = None) -> None:
     """Make ``value`` available to the page's prose as ``{glue:text}`name```.
 
     ``fmt`` (e.g. ``".1f"`` or ``".0%"``) formats numbers once, here, so the page writes
-    ``{glue:text}`name``` and the number never drifts from the build. Returns nothing, so a
-    glue at the end of a cell echoes no value. Outside a myst-nb build (a notebook in Colab)
-    nothing is displayed.
+    ``{glue:text}`name``` and the number never drifts from the build; an exponent (``".1e"``, or
+    ``".2g"`` of a tiny number) reads as ``2.4 × 10⁻⁹`` (:func:`as_prose_number`). Returns
+    nothing, so a glue at the end of a cell echoes no value. Outside a myst-nb build (a notebook
+    in Colab) nothing is displayed.
     """
-    shown = format(value, fmt) if fmt else value
+    shown = as_prose_number(format(value, fmt)) if fmt else value
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab: myst-nb is not installed, and the prose is not rendered there

@@ -129,9 +129,11 @@ class ToyEvaluation:
     floors: list
 
     def summary(self) -> str:
-        """One line: the distance, its data-vs-data floor, their ratio and n."""
+        """One line: the distance, its data-vs-data floor (with the standard deviation of the
+        floor's draws), their ratio and n."""
         return (f"{self.name}: sliced Wasserstein {self.distance:.4f} | floor (data vs data) "
-                f"{self.floor:.4f} +- {self.floor_std:.4f} | ratio {self.ratio:.2f} | n = {self.n}")
+                f"{self.floor:.4f} (sd {self.floor_std:.4f} over {len(self.floors)} draws) | "
+                f"ratio {self.ratio:.2f} | n = {self.n}")
 
 
 def evaluate_toy(samples, name: str, *, repeats: int = 5, seed: int = 10_000) -> ToyEvaluation:
