@@ -372,14 +372,17 @@ def test_a_removed_cell_that_only_feeds_the_prose_is_left_out_of_colab():
 
     cells = [
         cell('glue("a", x, ".2f")'),                       # only the prose: left out
+        cell('glue("a2", ", ".join(f"{w:.1f}" for w in x))'),  # w is the comprehension's own
         cell('words = f"{x:.1f}"\nglue("b", words)'),       # defines words, which cell 5 reads
         cell('glue("c", rng.standard_normal())'),           # draws random numbers
+        cell('glue("c2", tf.random.normal([1]))'),          # draws random numbers too
+        cell('glue("c3", seed_profile.train_steps)'),       # a name with "seed" in it is fine
         cell('glue("d", x)\ncheck("eq", "what", 0, 1)'),    # checks
         cell('glue("e", x)', tags=("hide-cell",)),          # folded, not removed
-        cell("print(words)", tags=()),
+        cell("print(words, w)", tags=()),
     ]
     found = [colab.feeds_prose_only(cells, i) for i in range(len(cells))]
-    assert found == [True, False, False, False, False, False]
+    assert found == [True, True, False, False, False, True, False, False, False]
     # and no committed notebook keeps a removed cell that only glues
     for path in sorted(COLAB.glob("*.ipynb")):
         for c in read(path)["cells"]:

@@ -720,10 +720,13 @@ def feeds_prose_only(cells, index: int) -> bool:
     calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     if "glue" not in calls or calls & {"check", "check.claim", "print", "display"}:
         return False
-    if re.search(r"\brng\b|random|seed", cell.source):
+    if re.search(r"\brng\b|\brandom\b|\bseed\s*=", cell.source):
         return False
-    touched = {n.id for n in ast.walk(tree)
-               if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+    comprehensions = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    local = {id(n) for c in ast.walk(tree) if isinstance(c, comprehensions)
+             for g in c.generators for n in ast.walk(g.target)}  # a comprehension's own names
+    touched = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+               and isinstance(n.ctx, (ast.Store, ast.Del)) and id(n) not in local}
     touched |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     touched |= {(alias.asname or alias.name).split(".")[0] for n in ast.walk(tree)
                 if isinstance(n, (ast.Import, ast.ImportFrom)) for alias in n.names}
