@@ -123,10 +123,13 @@ def test_float16_on_two_replicas_takes_the_steps_of_one_device(tmp_path):
         step2, m2, o2, _ = setup(strategy, SquaredError(), precision="mixed_float16")
         one, two = train(step1, 5), train(step2, 5)
         print("float16 losses, one device", one.round(4).tolist(), "two replicas", two.round(4).tolist())
-        # the replicas sum in another order: the losses differed by 1.1e-4, the weights' updates by
-        # 0.05% (without the replicas' loss scaling: by 0.25 and 67%); the bounds leave 10x margins
+        # the replicas sum in another order: the losses differed by up to 2e-4 and the weights'
+        # updates by 0.05% on an Intel Xeon, 0.52% on an AMD EPYC (Adam's first steps magnify the
+        # rounding of small gradients); without the replicas' loss scaling by 0.25 and 67%. The
+        # bounds sit 5x above rounding and 20x below that bug.
         assert np.max(np.abs(one - two)) < 1e-3, (one, two)
-        assert relative_change(m2.get_weights(), m1.get_weights(), start) < 5e-3
+        change = relative_change(m2.get_weights(), m1.get_weights(), start)
+        assert change < 3e-2, change
         assert o1.dynamic_scale.numpy() == o2.dynamic_scale.numpy() == 2.0 ** 15
 
         # an overflow on one replica only: every replica skips the step and the loss scale halves
