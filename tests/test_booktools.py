@@ -148,6 +148,15 @@ def test_glue_returns_nothing_so_a_cell_echoes_no_number():
     assert pages.glue("tiny_test_value", 0.123456, ".2f") is None
 
 
+def test_a_glued_numpy_scalar_reads_as_a_plain_number():
+    import numpy as np
+
+    assert repr(pages.prose_value(np.int64(3))) == "3"
+    assert repr(pages.prose_value(np.float64(0.5))) == "0.5"
+    assert pages.prose_value(np.float32(0.123456), ".2f") == "0.12"
+    assert pages.prose_value("text") == "text"
+
+
 @pytest.mark.parametrize("text, prose", [
     ("2.4e-09", "2.4 × 10⁻⁹"), ("4e-05", "4 × 10⁻⁵"), ("-3.2e+12", "-3.2 × 10¹²"),
     ("1.5e+00", "1.5"), ("0.25", "0.25"), ("12%", "12%"), ("1,234", "1,234"), ("e-05", "e-05"),

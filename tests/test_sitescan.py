@@ -25,6 +25,7 @@ def _site(tmp_path: Path, **outputs: str) -> Path:
     ("Traceback (most recent call last):\n  File ...", "traceback"),
     ("/usr/lib/python3/site.py:1: UserWarning: something", "Python warning"),
     ("all checks PASS", "word for the makers"),
+    ("most at step np.int64(1), by 0.033", "NumPy repr"),
     ("saved to {runs}/default/ckpt-4", "path of this machine"),
     ("</pre><table><tr><td>eq-jackknife</td><td>paired se</td></tr></table><pre>",
      "equation label instead of its number"),

@@ -7,6 +7,7 @@ scan reads the article of every page of a built site (``_build/html/book/*.html`
   (``E0000 00:00:... util.cc:131] ...``) or a Python warning (``UserWarning: ...``);
 - a path of the machine that built the book (the repository, ``$DDPM_RUNS_DIR``, the home folder);
 - words only the book's makers use (PASS/FAIL, "the seed chapter");
+- a NumPy scalar's repr in the text (``np.int64(1)``, what NumPy 2 prints for a glued scalar);
 - an equation label where its number belongs (a table cell ``eq-jackknife`` in a list of checks:
   ``_ext/check_equations.py`` numbers them).
 
@@ -26,6 +27,7 @@ NOISE = {
     "a TensorFlow log line": re.compile(r"\b[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\]"),
     "a Python warning": re.compile(r"\b[A-Z]\w*Warning: "),
     "a word for the makers": re.compile(r"\bPASS(ED)?\b|\bFAIL(ED)?\b|the seed chapter"),
+    "a NumPy repr": re.compile(r"\bnp\.(?:u?int\d+|float\d+|bool_|str_)\((?:-?[\d.e+-]+|True|False)\)"),
 }
 
 

@@ -104,6 +104,16 @@ def as_prose_number(text: str) -> str:
 _SUPERSCRIPTS = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
 
 
+def prose_value(value, fmt: str | None = None):
+    """What :func:`glue` shows for ``value``: formatted with ``fmt`` if given, and a NumPy scalar
+    as the plain Python number it holds (``3``, not ``np.int64(3)``, which NumPy 2 prints)."""
+    if fmt:
+        return as_prose_number(format(value, fmt))
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
+
+
 def glue(name: str, value, fmt: str | None = None) -> None:
     """Make ``value`` available to the page's prose as ``{glue:text}`name```.
 
@@ -113,7 +123,7 @@ def glue(name: str, value, fmt: str | None = None) -> None:
     nothing, so a glue at the end of a cell echoes no value. Outside a myst-nb build (a notebook
     in Colab) nothing is displayed.
     """
-    shown = as_prose_number(format(value, fmt)) if fmt else value
+    shown = prose_value(value, fmt)
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab: myst-nb is not installed, and the prose is not rendered there
