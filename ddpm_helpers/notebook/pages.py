@@ -106,7 +106,7 @@ _SUPERSCRIPTS = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u20
 
 def prose_value(value, fmt: str | None = None):
     """What :func:`glue` shows for ``value``: formatted with ``fmt`` if given, and a NumPy scalar
-    as the plain Python number it holds (``3``, not ``np.int64(3)``, which NumPy 2 prints)."""
+    as the plain Python number it holds (NumPy 2 would print its type around it)."""
     if fmt:
         return as_prose_number(format(value, fmt))
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
